@@ -1,0 +1,46 @@
+# Nauthera developer entry points. `make demo` runs the main job on examples/, `make test` the test suite.
+PYTHON ?= python3
+TOOLS_BIN := $(CURDIR)/.tools/bin
+TOOL_NAMES := opa regal gator
+export PATH := $(TOOLS_BIN):$(PATH)
+
+.PHONY: setup deps tools demo test lint typecheck rego-gates pytest golden clean
+
+setup: deps tools
+
+deps:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# Each engine is pinned by its own module under tools/ (go.mod + go.sum), so its dependency graph is
+# exactly the one upstream released; the binaries land in the git-ignored .tools/bin.
+tools: $(addprefix $(TOOLS_BIN)/,$(TOOL_NAMES))
+
+$(TOOLS_BIN)/%: tools/%/go.mod tools/%/go.sum
+	cd tools/$* && GOBIN=$(TOOLS_BIN) go install tool
+	@test -x $@ || { echo "make tools: $* was not built" >&2; exit 1; }
+	@touch $@
+
+demo: setup
+	rm -rf build/examples
+	nauthera compile examples/policies --out build/examples
+	nauthera check --bundle build/examples/bundle.tar.gz examples/clients || true
+	nauthera check --bundle build/examples/bundle.tar.gz examples/clients --format json > build/examples/decisions.json || true
+	@echo "decision documents: build/examples/decisions.json"
+
+lint:
+	ruff check compiler tests
+	ruff format --check compiler tests
+
+typecheck:
+	mypy --strict compiler
+
+pytest:
+	$(PYTHON) -m pytest -q
+
+golden:
+	NAUTHERA_REGEN_GOLDEN=1 $(PYTHON) -m pytest -q tests/render
+
+test: setup lint typecheck pytest
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

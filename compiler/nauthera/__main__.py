@@ -1,0 +1,5 @@
+"""Allow `python -m nauthera`."""
+
+from nauthera.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""The command line: the only place that formats findings and picks exit codes (0, 1 findings, 2 usage)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nauthera import __version__
+from nauthera.check import check_clients
+from nauthera.diagnostics import Diagnostic, Level
+from nauthera.errors import NautheraError
+from nauthera.pipeline import CompileOptions, CompileResult, compile_policies, count_files
+from nauthera.reporting import (
+    CHECK_FORMATS,
+    DIAGNOSTIC_FORMATS,
+    check_json,
+    check_text,
+    count_line,
+    render_diagnostics,
+)
+from nauthera.testing import run_opa_tests
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+#: Below this many files a progress bar would only flicker.
+_PROGRESS_THRESHOLD = 50
+_stderr = Console(stderr=True)
+
+
+def _fail(error: NautheraError) -> NoReturn:
+    click.echo(f"nauthera: error: {error}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def _file_progress(paths: list[Path], label: str) -> Iterator[Callable[[Path], None] | None]:
+    """A progress bar on stderr for compiles of many files; nothing for small ones or pipes."""
+    total = count_files(paths)
+    if total < _PROGRESS_THRESHOLD or not _stderr.is_terminal:
+        yield None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_stderr, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda _path: progress.advance(task)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nauthera")
+def main() -> None:
+    """Compile AuthPolicy YAML into OPA bundles and check AuthClients against them."""
+
+
+def _compile(paths: list[Path], out: Path, **options: Any) -> CompileResult:
+    with _file_progress(paths, "compiling") as on_file:
+        return compile_policies(CompileOptions(paths=paths, out=out, **options), on_file)
+
+
+def _summary(result: CompileResult, diagnostics: list[Diagnostic]) -> tuple[dict[str, Any], str]:
+    summary = {
+        "ok": result.ok,
+        "bundle": str(result.bundle) if result.bundle else None,
+        "revision": result.revision,
+        "policies": len(result.policies),
+    }
+    if result.ok:
+        line = (
+            f"compiled {len(result.policies)} polic{'y' if len(result.policies) == 1 else 'ies'} into "
+            f"{result.bundle} (revision {result.revision}); {count_line(diagnostics)}"
+        )
+    else:
+        line = f"compilation failed: {count_line(diagnostics)}; nothing was written"
+    return summary, line
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder: bundle.tar.gz and tests/ are replaced there, nothing else.",
+)
+@click.option("--target", type=click.Choice(["opa", "gatekeeper", "all"]), default="opa", show_default=True)
+@click.option(
+    "--format", "output_format", type=click.Choice(DIAGNOSTIC_FORMATS), default="text", show_default=True
+)
+@click.option("--revision", help="Bundle revision; default: derived from the content.")
+@click.option("--default-allow", is_flag=True, help="Allow clients that no policy governs (default: deny).")
+@click.option("--fail-on-warn", is_flag=True, help="Treat warnings as errors (exit 1, nothing written).")
+def compile(
+    paths: tuple[Path, ...],
+    out: Path,
+    target: str,
+    output_format: str,
+    revision: str | None,
+    default_allow: bool,
+    fail_on_warn: bool,
+) -> None:
+    """Compile AuthPolicy files under PATHS into an OPA bundle in --out."""
+    if target != "opa":
+        raise click.UsageError(f"--target {target} is not available in this version; use --target opa")
+    try:
+        result = _compile(
+            list(paths), out, revision=revision, fail_closed=not default_allow, fail_on_warn=fail_on_warn
+        )
+    except NautheraError as error:
+        _fail(error)
+    summary, line = _summary(result, result.diagnostics)
+    click.echo(render_diagnostics(output_format, result.diagnostics, summary, line), nl=False)
+    sys.exit(EXIT_OK if result.ok else EXIT_FINDINGS)
+
+
+@main.command()
+@click.option("--bundle", "bundle", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--format", "output_format", type=click.Choice(CHECK_FORMATS), default="text", show_default=True
+)
+def check(bundle: Path, paths: tuple[Path, ...], output_format: str) -> None:
+    """Evaluate the AuthClients under PATHS against --bundle with the real OPA engine."""
+    try:
+        results, notes = check_clients(bundle, list(paths))
+    except NautheraError as error:
+        _fail(error)
+    for note in notes:
+        click.echo(f"{note.position}: {note.level}: {note.message} [{note.code}]", err=True)
+    click.echo(check_json(results) if output_format == "json" else check_text(results), nl=False)
+    failed = any(not r.allowed for r in results) or any(n.level is Level.ERROR for n in notes)
+    sys.exit(EXIT_FINDINGS if failed else EXIT_OK)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep the compiled bundle and generated tests here (default: a temporary folder).",
+)
+@click.option("--default-allow", is_flag=True, help="Compile as `compile --default-allow` would.")
+@click.option(
+    "--coverage-threshold",
+    type=click.FloatRange(0, 100),
+    default=0.0,
+    show_default=True,
+    help="Fail when coverage of the generated Rego is below this percentage.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="List every test.")
+def test(
+    paths: tuple[Path, ...], out: Path | None, default_allow: bool, coverage_threshold: float, verbose: bool
+) -> None:
+    """Compile PATHS, then run the generated and hand-written Rego tests with `opa test`."""
+    with tempfile.TemporaryDirectory(prefix="nauthera-test-") as scratch:
+        target = out or Path(scratch) / "build"
+        try:
+            result = _compile(list(paths), target, fail_closed=not default_allow)
+            if not result.ok:
+                summary, line = _summary(result, result.diagnostics)
+                click.echo(render_diagnostics("text", result.diagnostics, summary, line), nl=False)
+                sys.exit(EXIT_FINDINGS)
+            run = run_opa_tests(target, list(paths), verbose)
+        except NautheraError as error:
+            _fail(error)
+    click.echo(run.output)
+    click.echo(f"coverage of generated Rego: {run.coverage:.1f}%")
+    below = run.coverage < coverage_threshold
+    if below:
+        click.echo(f"coverage {run.coverage:.1f}% is below the threshold {coverage_threshold:.1f}%", err=True)
+    sys.exit(EXIT_OK if run.passed and not below else EXIT_FINDINGS)
