@@ -24,8 +24,11 @@ GROUP = "auth.nauthera.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+#: Only the parts of ObjectMeta we read are typed; the rest (uid, annotations, managedFields, ...) is
+#: what the API server adds to every object, so it must not fail a document (OPA admission, Gatekeeper).
 _METADATA_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "x-kubernetes-preserve-unknown-fields": True,
     "required": ["name", "namespace"],
     "properties": {
         "name": {"type": "string", "minLength": 1},

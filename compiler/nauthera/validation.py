@@ -136,16 +136,25 @@ def _selector_diagnostics(doc: SourceDocument, spec: dict[str, Any]) -> Iterator
             )
 
 
+def _host_pattern_problem(host: str) -> tuple[Level, str] | None:
+    """URLs and partial-label `*` have no defined meaning: errors. Odd characters are data: a warning."""
+    if "://" in host or "/" in host:
+        return Level.ERROR, "is a URL; write only the host name, like 'login.example.com'"
+    if any("*" in label and label != "*" for label in host.split(".")):
+        return Level.ERROR, "uses '*' inside a label; '*' must stand for a whole label, like '*.example.com'"
+    if not _HOST_PATTERN.match(host.lower()):
+        return Level.WARNING, "is not a host name (no port, no spaces or quotes), so it can never match"
+    return None
+
+
 def _redirect_diagnostics(doc: SourceDocument, spec: dict[str, Any]) -> Iterator[Diagnostic]:
     redirects = spec.get("redirectUris") or {}
     for index, host in enumerate(redirects.get("allowedHosts") or ()):
-        if not _HOST_PATTERN.match(host.lower()):
+        problem = _host_pattern_problem(host)
+        if problem:
+            position = doc.value_position(("spec", "redirectUris", "allowedHosts", index))
             yield Diagnostic(
-                Level.ERROR,
-                doc.value_position(("spec", "redirectUris", "allowedHosts", index)),
-                "host-pattern",
-                f"allowedHosts entry {host!r} must be a host name whose labels are names or a "
-                "whole-label '*' (like '*.example.com'); no scheme, port, path or partial '*'",
+                problem[0], position, "host-pattern", f"allowedHosts entry {host!r} {problem[1]}"
             )
     if redirects.get("allowLoopback") and not redirects.get("requireHttps"):
         yield Diagnostic(

@@ -1,0 +1,68 @@
+"""Shared fixtures. Tests use the real engines; a missing engine is a failure, never a skip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from nauthera.errors import ToolNotFoundError
+from nauthera.tools import find_tool
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail loudly up front when an engine is missing, instead of letting tests skip or error one by one."""
+    missing = []
+    for tool in ("opa", "regal", "gator"):
+        try:
+            find_tool(tool)
+        except ToolNotFoundError as error:
+            missing.append(str(error))
+    if missing:
+        raise pytest.UsageError("required engines are missing (run `make tools`):\n" + "\n".join(missing))
+
+
+@pytest.fixture
+def cli() -> Cli:
+    """Run the real command line in a subprocess, exactly as users and CI do."""
+
+    def run(
+        *args: str | Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nauthera", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+            check=False,
+            timeout=300,
+        )
+
+    return run
+
+
+@pytest.fixture
+def opa() -> Callable[..., subprocess.CompletedProcess[str]]:
+    binary = find_tool("opa")
+
+    def run(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(binary), *map(str, args)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+
+    return run
