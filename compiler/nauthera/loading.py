@@ -23,6 +23,11 @@ JsonPath = tuple[str | int, ...]
 MAX_NODES_PER_DOCUMENT = 200_000
 #: Nesting depth beyond which a document is certainly not a Kubernetes object.
 MAX_DEPTH = 64
+#: Above this bound on nesting we do not hand text to libyaml at all: its C composer recurses per level
+#: and overflows the stack (a crash, not an exception) at some tens of thousands of levels.
+MAX_SCANNED_DEPTH = 1_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 YAML_SUFFIXES = (".yaml", ".yml")
 
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -102,8 +107,19 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             key_position = self.position(key_node.start_mark)
+            if key_node.tag == _MERGE_TAG:
+                self.diagnostics.append(
+                    Diagnostic(
+                        Level.ERROR,
+                        key_position,
+                        "yaml-merge-key",
+                        "YAML merge keys (<<) are not supported (Kubernetes "
+                        "does not read them either); write the keys out",
+                    )
+                )
+                continue
+            key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.diagnostics.append(
                     Diagnostic(Level.ERROR, key_position, "yaml-key", "mapping keys must be strings")
@@ -125,7 +141,18 @@ class _Builder:
         return result
 
     def _scalar(self, node: yaml.Node) -> Any:
-        value = _scalar_constructor.construct_object(node, deep=True)
+        try:
+            value = _scalar_constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, OverflowError):
+            self.diagnostics.append(
+                Diagnostic(
+                    Level.ERROR,
+                    self.position(node.start_mark),
+                    "yaml-value",
+                    f"cannot read {node.value!r} as {node.tag}; remove the tag or quote the value",
+                )
+            )
+            return None
         if isinstance(value, float) and not math.isfinite(value):
             self.diagnostics.append(
                 Diagnostic(
@@ -153,7 +180,8 @@ def _decode(data: bytes, file: str) -> str | Diagnostic:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        column = len(data[line_start : error.start].decode("utf-8", errors="replace")) + 1
         return Diagnostic(
             Level.ERROR,
             Position(file, line, column),
@@ -162,9 +190,47 @@ def _decode(data: bytes, file: str) -> str | Diagnostic:
         )
 
 
+def nesting_bound(text: str) -> int:
+    """An upper bound on how deeply `text` nests: indentation plus indicators plus open flow brackets.
+
+    Quotes are tracked roughly (no escapes); overcounting only sends odd text to the depth error.
+    """
+    deepest, flow = 0, 0
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        indicators = 0
+        while stripped[:2] in ("- ", "? ", ": ") or stripped == "-":
+            indicators += 1
+            stripped = stripped[2:].lstrip(" ")
+        quote = ""
+        for char in stripped:
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char in "[{":
+                flow += 1
+            elif char in "]}":
+                flow = max(flow - 1, 0)
+            elif char == "#":
+                break
+        deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators + flow)
+    return deepest
+
+
 def load_text(text: str, file: str) -> LoadResult:
     """Parse every document of one YAML text."""
     result = LoadResult()
+    if nesting_bound(text) > MAX_SCANNED_DEPTH:
+        result.diagnostics.append(
+            Diagnostic(
+                Level.ERROR,
+                Position(file, 1, 1),
+                "yaml-too-large",
+                f"YAML is nested more than {MAX_SCANNED_DEPTH} levels deep",
+            )
+        )
+        return result
     stream = yaml.compose_all(text, Loader=_SafeLoader)
     index = 0
     while True:
@@ -185,7 +251,11 @@ def load_text(text: str, file: str) -> LoadResult:
                 Diagnostic(Level.ERROR, Position(file, 1, 1), "yaml-too-large", "YAML is nested too deeply")
             )
             break
-        if node is None:
+        if node is None or (
+            isinstance(node, yaml.ScalarNode)
+            and node.tag == _NULL_TAG
+            and node.value in ("", "~", "null", "Null", "NULL")
+        ):
             continue
         builder = _Builder(file)
         try:
@@ -219,9 +289,14 @@ def discover(paths: Sequence[Path]) -> Iterator[Path]:
     for root in paths:
         if not root.exists():
             raise InputError(f"{root}: no such file or directory")
-        candidates = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        # A file named on the command line is read whatever its suffix; folders contribute YAML files.
+        candidates = (
+            [root]
+            if root.is_file()
+            else sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
+        )
         for candidate in candidates:
-            if candidate.suffix in YAML_SUFFIXES and candidate.resolve() not in seen:
+            if candidate.resolve() not in seen:
                 seen.add(candidate.resolve())
                 yield candidate
 

@@ -19,7 +19,10 @@ def find_tool(name: str) -> Path:
     if override:
         if Path(override).is_file():
             return Path(override)
-        raise ToolNotFoundError(f"NAUTHERA_{name.upper()}={override} does not exist")
+        raise ToolNotFoundError(
+            f"NAUTHERA_{name.upper()}={override} does not exist; fix or unset it (without it nauthera "
+            "uses .tools/bin from `make tools`, then PATH)"
+        )
     candidate = TOOLS_DIR / name
     if candidate.is_file():
         return candidate

@@ -16,8 +16,9 @@ from nauthera.schema import API_VERSION, GROUP, VERSION, did_you_mean, load_sche
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Host names whose labels are names or a whole-label `*`, or an IP literal such as `[::1]`.
 _HOST_PATTERN = re.compile(
-    r"^(\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)(\.(\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?))*$"
+    r"^((\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)(\.(\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?))*|\[[0-9a-f:.]+\])$"
 )
 _NANOS_PER_HOUR = 3600 * 10**9
 
@@ -78,7 +79,7 @@ def _duration_hint(text: str) -> str:
     return '; use Go syntax such as "15m", "1h30m" or "900s"'
 
 
-def _metadata_diagnostics(doc: SourceDocument) -> Iterator[Diagnostic]:
+def _metadata_diagnostics(doc: SourceDocument, _spec: dict[str, Any]) -> Iterator[Diagnostic]:
     metadata = doc.content["metadata"]
     checks = (("name", _DNS_SUBDOMAIN, 253, "a DNS subdomain"), ("namespace", _DNS_LABEL, 63, "a DNS label"))
     for key, pattern, limit, what in checks:
@@ -191,17 +192,27 @@ def _target_diagnostics(doc: SourceDocument, spec: dict[str, Any]) -> Iterator[D
         )
 
 
+_SEMANTIC_CHECKS = (
+    _metadata_diagnostics,
+    _token_diagnostics,
+    _selector_diagnostics,
+    _redirect_diagnostics,
+    _scope_diagnostics,
+    _target_diagnostics,
+)
+
+
 def semantic_diagnostics(doc: SourceDocument) -> list[Diagnostic]:
-    """Checks that need the document to be schema-valid first."""
+    """What a schema can't say. Each check runs on its own so a schema error elsewhere hides nothing;
+    a check whose part of the document has the wrong shape is skipped, as the schema reported it."""
     spec = doc.content.get("spec") or {}
-    return [
-        *_metadata_diagnostics(doc),
-        *_token_diagnostics(doc, spec),
-        *_selector_diagnostics(doc, spec),
-        *_redirect_diagnostics(doc, spec),
-        *_scope_diagnostics(doc, spec),
-        *_target_diagnostics(doc, spec),
-    ]
+    found: list[Diagnostic] = []
+    for check in _SEMANTIC_CHECKS:
+        try:
+            found.extend(check(doc, spec))
+        except (TypeError, AttributeError, KeyError, IndexError):
+            continue
+    return found
 
 
 def validate_policies(documents: list[SourceDocument]) -> tuple[list[SourceDocument], list[Diagnostic]]:
@@ -211,10 +222,13 @@ def validate_policies(documents: list[SourceDocument]) -> tuple[list[SourceDocum
     diagnostics: list[Diagnostic] = []
     first_seen: dict[tuple[str, str], SourceDocument] = {}
     for doc in documents:
-        problems = validate_document(doc, schema)
-        if not problems:
-            problems = semantic_diagnostics(doc)
-            metadata = doc.content["metadata"]
+        problems = [*validate_document(doc, schema), *semantic_diagnostics(doc)]
+        metadata = doc.content.get("metadata")
+        if (
+            isinstance(metadata, dict)
+            and isinstance(metadata.get("namespace"), str)
+            and isinstance(metadata.get("name"), str)
+        ):
             identity = (metadata["namespace"], metadata["name"])
             if identity in first_seen:
                 first = first_seen[identity].start
