@@ -17,7 +17,7 @@ from nauthera import __version__
 from nauthera.check import check_clients
 from nauthera.diagnostics import Diagnostic, Level
 from nauthera.errors import NautheraError
-from nauthera.pipeline import CompileOptions, CompileResult, compile_policies, count_files
+from nauthera.pipeline import TARGETS, CompileOptions, CompileResult, compile_policies, count_files
 from nauthera.reporting import (
     CHECK_FORMATS,
     DIAGNOSTIC_FORMATS,
@@ -26,7 +26,7 @@ from nauthera.reporting import (
     count_line,
     render_diagnostics,
 )
-from nauthera.testing import run_opa_tests
+from nauthera.testing import has_gatekeeper_suites, run_gator_verify, run_opa_tests
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 #: Below this many files a progress bar would only flicker.
@@ -67,13 +67,19 @@ def _summary(result: CompileResult, diagnostics: list[Diagnostic]) -> tuple[dict
     summary = {
         "ok": result.ok,
         "bundle": str(result.bundle) if result.bundle else None,
+        "gatekeeper": str(result.gatekeeper) if result.gatekeeper else None,
         "revision": result.revision,
         "policies": len(result.policies),
     }
     if result.ok:
+        written = []
+        if result.bundle:
+            written.append(f"{result.bundle} (revision {result.revision})")
+        if result.gatekeeper:
+            written.append(f"{result.gatekeeper}/")
         line = (
             f"compiled {len(result.policies)} polic{'y' if len(result.policies) == 1 else 'ies'} into "
-            f"{result.bundle} (revision {result.revision}); {count_line(diagnostics)}"
+            f"{' and '.join(written)}; {count_line(diagnostics)}"
         )
     else:
         line = f"compilation failed: {count_line(diagnostics)}; nothing was written"
@@ -86,9 +92,18 @@ def _summary(result: CompileResult, diagnostics: list[Diagnostic]) -> tuple[dict
     "--out",
     required=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="Output folder: bundle.tar.gz and tests/ are replaced there, nothing else.",
+    help=(
+        "Output folder: bundle.tar.gz, gatekeeper/, tests/opa/ and tests/gatekeeper/ are replaced there "
+        "(outputs of the target not compiled are removed), nothing else."
+    ),
 )
-@click.option("--target", type=click.Choice(["opa", "gatekeeper", "all"]), default="opa", show_default=True)
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="opa",
+    show_default=True,
+    help="opa: bundle.tar.gz; gatekeeper: ConstraintTemplates and Constraints in gatekeeper/; all: both.",
+)
 @click.option(
     "--format", "output_format", type=click.Choice(DIAGNOSTIC_FORMATS), default="text", show_default=True
 )
@@ -104,12 +119,15 @@ def compile(
     default_allow: bool,
     fail_on_warn: bool,
 ) -> None:
-    """Compile AuthPolicy files under PATHS into an OPA bundle in --out."""
-    if target != "opa":
-        raise click.UsageError(f"--target {target} is not available in this version; use --target opa")
+    """Compile AuthPolicy files under PATHS into an OPA bundle and/or Gatekeeper objects in --out."""
     try:
         result = _compile(
-            list(paths), out, revision=revision, fail_closed=not default_allow, fail_on_warn=fail_on_warn
+            list(paths),
+            out,
+            revision=revision,
+            fail_closed=not default_allow,
+            fail_on_warn=fail_on_warn,
+            target=target,
         )
     except NautheraError as error:
         _fail(error)
@@ -152,25 +170,47 @@ def check(bundle: Path, paths: tuple[Path, ...], output_format: str) -> None:
     show_default=True,
     help="Fail when coverage of the generated Rego is below this percentage.",
 )
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="all",
+    show_default=True,
+    help="What to compile and test: opa (opa test), gatekeeper (gator verify), or all.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="List every test.")
 def test(
-    paths: tuple[Path, ...], out: Path | None, default_allow: bool, coverage_threshold: float, verbose: bool
+    paths: tuple[Path, ...],
+    out: Path | None,
+    default_allow: bool,
+    coverage_threshold: float,
+    target: str,
+    verbose: bool,
 ) -> None:
-    """Compile PATHS, then run the generated and hand-written Rego tests with `opa test`."""
+    """Compile PATHS, then run the Rego tests (`opa test`) and the Gatekeeper suites (`gator verify`)."""
     with tempfile.TemporaryDirectory(prefix="nauthera-test-") as scratch:
-        target = out or Path(scratch) / "build"
+        folder = out or Path(scratch) / "build"
         try:
-            result = _compile(list(paths), target, fail_closed=not default_allow)
+            result = _compile(list(paths), folder, fail_closed=not default_allow, target=target)
             if not result.ok:
                 summary, line = _summary(result, result.diagnostics)
                 click.echo(render_diagnostics("text", result.diagnostics, summary, line), nl=False)
                 sys.exit(EXIT_FINDINGS)
-            run = run_opa_tests(target, list(paths), verbose)
+            run = run_opa_tests(folder, list(paths), verbose) if result.bundle else None
+            suites = run_gator_verify(folder, verbose) if has_gatekeeper_suites(folder) else None
         except NautheraError as error:
             _fail(error)
-    click.echo(run.output)
-    click.echo(f"coverage of generated Rego: {run.coverage:.1f}%")
-    below = run.coverage < coverage_threshold
-    if below:
-        click.echo(f"coverage {run.coverage:.1f}% is below the threshold {coverage_threshold:.1f}%", err=True)
-    sys.exit(EXIT_OK if run.passed and not below else EXIT_FINDINGS)
+    passed = True
+    if run is not None:
+        click.echo(run.output)
+        click.echo(f"coverage of generated Rego: {run.coverage:.1f}%")
+        below = run.coverage < coverage_threshold
+        if below:
+            click.echo(
+                f"coverage {run.coverage:.1f}% is below the threshold {coverage_threshold:.1f}%", err=True
+            )
+        passed = run.passed and not below
+    if suites is not None:
+        click.echo(suites.output)
+        passed = passed and suites.passed
+    sys.exit(EXIT_OK if passed else EXIT_FINDINGS)
+

@@ -13,13 +13,23 @@ from nauthera import __version__
 from nauthera.bundle import build_bundle, git_source
 from nauthera.diagnostics import Diagnostic, Level, has_errors, sorted_diagnostics
 from nauthera.fixtures import render_fixture_tests
+from nauthera.gatekeeper import render_gatekeeper, render_gatekeeper_suites
 from nauthera.loading import LoadResult, discover, load_file
 from nauthera.model import Policy, build_policy
 from nauthera.render import render_opa
 from nauthera.validation import classify, validate_policies
 
 BUNDLE_NAME = "bundle.tar.gz"
+GATEKEEPER_DIR = Path("gatekeeper")
 OPA_TESTS_DIR = Path("tests") / "opa"
+GATEKEEPER_TESTS_DIR = Path("tests") / "gatekeeper"
+TARGETS = ("opa", "gatekeeper", "all")
+#: Everything a compile owns in --out, per target. A compile replaces what its target produces and
+#: removes what the other target produced earlier, so --out never mixes outputs of two compiles.
+OUTPUTS = {
+    "opa": (Path(BUNDLE_NAME), OPA_TESTS_DIR),
+    "gatekeeper": (GATEKEEPER_DIR, GATEKEEPER_TESTS_DIR),
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,11 @@ class CompileOptions:
     revision: str | None = None
     fail_closed: bool = True
     fail_on_warn: bool = False
+    target: str = "opa"
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return ("opa", "gatekeeper") if self.target == "all" else (self.target,)
 
 
 @dataclass
@@ -36,11 +51,13 @@ class CompileResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
     bundle: Path | None = None
+    gatekeeper: Path | None = None
     revision: str | None = None
+    written: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.bundle is not None
+        return self.written
 
 
 def load_all(paths: Sequence[Path], on_file: Callable[[Path], None] | None = None) -> LoadResult:
@@ -83,23 +100,37 @@ def _write_tree(root: Path, files: dict[str, bytes]) -> None:
         target.write_bytes(content)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def _publish(staging: Path, out: Path) -> None:
-    """Move each staged entry into `out`, replacing only what this compile produces."""
+    """Move each staged output into `out`; remove owned outputs this compile did not produce."""
     out.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(staging.iterdir()):
-        target = out / entry.name
-        if entry.is_dir() and target.exists():
-            retired = out / f".{entry.name}.old"
-            shutil.rmtree(retired, ignore_errors=True)
+    for relative in (path for paths in OUTPUTS.values() for path in paths):
+        staged, target = staging / relative, out / relative
+        if not staged.exists():
+            _remove(target)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if staged.is_dir() and (target.exists() or target.is_symlink()):
+            # Swap whole folders so no reader ever sees half of the old and half of the new one.
+            retired = target.with_name(f".{target.name}.old")
+            _remove(retired)
             target.rename(retired)
-            entry.rename(target)
-            shutil.rmtree(retired, ignore_errors=True)
+            staged.rename(target)
+            _remove(retired)
         else:
-            entry.replace(target)
+            staged.replace(target)
 
 
 def compile_policies(options: CompileOptions, on_file: Callable[[Path], None] | None = None) -> CompileResult:
     """Compile to `options.out`; on any error (or warning with fail_on_warn) nothing there changes."""
+    if options.target not in TARGETS:
+        raise ValueError(f"unknown target {options.target!r}")
     policies, diagnostics = analyse(options.paths, on_file)
     result = CompileResult(diagnostics=diagnostics, policies=policies)
     failing = has_errors(diagnostics) or (
@@ -107,23 +138,45 @@ def compile_policies(options: CompileOptions, on_file: Callable[[Path], None] | 
     )
     if failing:
         return result
+    # Render everything before touching the disk, so a rendering error writes nothing either.
+    staged: dict[Path, bytes] = {}
+    opa_files = render_opa(policies, options.fail_closed).files if "opa" in options.targets else None
+    if "gatekeeper" in options.targets:
+        for name, content in render_gatekeeper(policies, options.fail_closed).items():
+            staged[GATEKEEPER_DIR / name] = content
+        for name, content in render_gatekeeper_suites(policies, options.fail_closed).items():
+            staged[GATEKEEPER_TESTS_DIR / name] = content
+    if "opa" in options.targets:
+        for name, content in render_fixture_tests(policies).items():
+            staged[OPA_TESTS_DIR / name] = content
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".nauthera-", dir=options.out.parent) as tmp:
+        staging = Path(tmp)
+        _write_tree(staging, {str(path): content for path, content in staged.items()})
+        if opa_files is not None:
+            manifest = build_bundle(
+                opa_files,
+                {"nauthera": _metadata(options, len(policies))},
+                options.revision,
+                staging / BUNDLE_NAME,
+            )
+            result.bundle = options.out / BUNDLE_NAME
+            result.revision = str(manifest["revision"])
+        _publish(staging, options.out)
+    if "gatekeeper" in options.targets:
+        result.gatekeeper = options.out / GATEKEEPER_DIR
+    result.written = True
+    return result
+
+
+def _metadata(options: CompileOptions, policy_count: int) -> dict[str, Any]:
+    """The bundle's `.manifest` metadata: what it was compiled from and how."""
     metadata: dict[str, Any] = {
         "compiler": f"nauthera {__version__}",
-        "policies": len(policies),
+        "policies": policy_count,
         "fail_closed": options.fail_closed,
     }
     source = git_source(list(options.paths))
     if source:
         metadata["git"] = source
-    rendered = render_opa(policies, options.fail_closed)
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".nauthera-", dir=options.out.parent) as tmp:
-        staging = Path(tmp)
-        manifest = build_bundle(
-            rendered.files, {"nauthera": metadata}, options.revision, staging / BUNDLE_NAME
-        )
-        _write_tree(staging / OPA_TESTS_DIR, render_fixture_tests(policies))
-        _publish(staging, options.out)
-    result.bundle = options.out / BUNDLE_NAME
-    result.revision = str(manifest["revision"])
-    return result
+    return metadata

@@ -1,4 +1,4 @@
-"""`nauthera test`: the generated and hand-written Rego tests, run by the real `opa test`."""
+"""`nauthera test`: generated and hand-written Rego tests (`opa test`) and gator suites (`gator verify`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nauthera.errors import ToolFailedError
-from nauthera.pipeline import BUNDLE_NAME, OPA_TESTS_DIR
+from nauthera.pipeline import BUNDLE_NAME, GATEKEEPER_TESTS_DIR, OPA_TESTS_DIR
 from nauthera.tools import run_tool
 
 
@@ -39,3 +39,24 @@ def run_opa_tests(out: Path, policy_paths: Sequence[Path], verbose: bool = False
     except json.JSONDecodeError:
         coverage = 0.0
     return TestRun(tests.returncode == 0, (tests.stdout + tests.stderr).strip(), coverage)
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    passed: bool
+    output: str
+
+
+def has_gatekeeper_suites(out: Path) -> bool:
+    return (out / GATEKEEPER_TESTS_DIR).is_dir()
+
+
+def run_gator_verify(out: Path, verbose: bool = False) -> SuiteRun:
+    """`gator verify DIR/tests/gatekeeper/...`: every generated Suite, with the real gator."""
+    # Suites name their files relative to themselves; run from `out` so the argument is relative too.
+    args = ["verify", *(["-v"] if verbose else []), f"{GATEKEEPER_TESTS_DIR.as_posix()}/..."]
+    run = run_tool("gator", args, cwd=out)
+    output = (run.stdout + run.stderr).strip()
+    if run.returncode != 0 and "FAIL" not in output:
+        raise ToolFailedError(f"gator verify could not run: {output}")
+    return SuiteRun(run.returncode == 0, output)
