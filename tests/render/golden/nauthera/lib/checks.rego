@@ -138,8 +138,6 @@ listing(values) := "nothing" if count(values) == 0
 
 duration_ns(text) := time.parse_duration_ns(text) if regex.match(go_duration_pattern, text)
 
-valid_duration(text) if duration_ns(text) > 0
-
 ttl_findings(p, c) := {{"field": field, "message": msg} |
 	some field, limit in p.token
 	requested := c.token[trim_prefix(field, "token.")]
@@ -152,7 +150,12 @@ ttl_message(policy, name, limit, requested) := msg if {
 }
 
 ttl_message(policy, name, limit, requested) := msg if {
-	not valid_duration(requested)
+	duration_ns(requested) <= 0
+	msg := sprintf("%s %q must be greater than zero (maximum %s set by %s)", [name, requested, limit.max, policy])
+}
+
+ttl_message(policy, name, limit, requested) := msg if {
+	not duration_ns(requested)
 	msg := sprintf(
 		"%s %q is not a valid duration; use Go syntax such as \"15m\" or \"1h30m\" (maximum %s set by %s)",
 		[name, requested, limit.max, policy],
