@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nauthera import __version__
 from nauthera.check import check_clients
+from nauthera.cli_store import bundle as bundle_group
+from nauthera.cli_store import impact_command
 from nauthera.diagnostics import Diagnostic, Level
 from nauthera.errors import NautheraError
 from nauthera.pipeline import TARGETS, CompileOptions, CompileResult, compile_policies, count_files
@@ -26,6 +28,7 @@ from nauthera.reporting import (
     count_line,
     render_diagnostics,
 )
+from nauthera.signing import ALGORITHMS, read_key
 from nauthera.testing import has_gatekeeper_suites, run_gator_verify, run_opa_tests
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -108,6 +111,13 @@ def _summary(result: CompileResult, diagnostics: list[Diagnostic]) -> tuple[dict
     "--format", "output_format", type=click.Choice(DIAGNOSTIC_FORMATS), default="text", show_default=True
 )
 @click.option("--revision", help="Bundle revision; default: derived from the content.")
+@click.option(
+    "--signing-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Sign the bundle: PEM private key (RS/PS/ES) or a file holding the HMAC secret (HS).",
+)
+@click.option("--signing-alg", type=click.Choice(ALGORITHMS), default="RS256", show_default=True)
+@click.option("--signing-key-id", help="Key id in the signature (default: `default`, as opa build).")
 @click.option("--default-allow", is_flag=True, help="Allow clients that no policy governs (default: deny).")
 @click.option("--fail-on-warn", is_flag=True, help="Treat warnings as errors (exit 1, nothing written).")
 def compile(
@@ -116,6 +126,9 @@ def compile(
     target: str,
     output_format: str,
     revision: str | None,
+    signing_key: Path | None,
+    signing_alg: str,
+    signing_key_id: str | None,
     default_allow: bool,
     fail_on_warn: bool,
 ) -> None:
@@ -128,6 +141,9 @@ def compile(
             fail_closed=not default_allow,
             fail_on_warn=fail_on_warn,
             target=target,
+            signing_key=read_key(signing_key) if signing_key else None,
+            signing_alg=signing_alg,
+            signing_key_id=signing_key_id,
         )
     except NautheraError as error:
         _fail(error)
@@ -214,3 +230,6 @@ def test(
         passed = passed and suites.passed
     sys.exit(EXIT_OK if passed else EXIT_FINDINGS)
 
+
+for _command in (bundle_group, impact_command):
+    main.add_command(_command)

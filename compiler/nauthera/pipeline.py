@@ -17,6 +17,7 @@ from nauthera.gatekeeper import render_gatekeeper, render_gatekeeper_suites
 from nauthera.loading import LoadResult, discover, load_file
 from nauthera.model import Policy, build_policy
 from nauthera.render import render_opa
+from nauthera.signing import sign_bundle
 from nauthera.validation import classify, validate_policies
 
 BUNDLE_NAME = "bundle.tar.gz"
@@ -40,6 +41,9 @@ class CompileOptions:
     fail_closed: bool = True
     fail_on_warn: bool = False
     target: str = "opa"
+    signing_key: bytes | None = None
+    signing_alg: str = "RS256"
+    signing_key_id: str | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -160,6 +164,11 @@ def compile_policies(options: CompileOptions, on_file: Callable[[Path], None] | 
                 options.revision,
                 staging / BUNDLE_NAME,
             )
+            if options.signing_key is not None:
+                # In staging, so a signing error leaves --out untouched.
+                sign_bundle(
+                    staging / BUNDLE_NAME, options.signing_key, options.signing_alg, options.signing_key_id
+                )
             result.bundle = options.out / BUNDLE_NAME
             result.revision = str(manifest["revision"])
         _publish(staging, options.out)
