@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nauthera import __version__
 from nauthera.check import check_clients
+from nauthera.cli_server import agents_command, decisions_command, serve_command, sidecar_command
 from nauthera.cli_store import bundle as bundle_group
 from nauthera.cli_store import impact_command
 from nauthera.diagnostics import Diagnostic, Level
@@ -231,5 +232,12 @@ def test(
     sys.exit(EXIT_OK if passed else EXIT_FINDINGS)
 
 
-for _command in (bundle_group, impact_command):
+for _command in (
+    bundle_group,
+    impact_command,
+    serve_command,
+    sidecar_command,
+    agents_command,
+    decisions_command,
+):
     main.add_command(_command)
