@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
-import time
-import urllib.request
 from pathlib import Path
 
+import requests
 from nauthera.tools import find_tool
 
 from ..conftest import EXAMPLES, Cli
+from ..server.processes import Process, free_port, wait_until
 
 
 def _manifest(bundle: Path) -> dict[str, object]:
@@ -102,58 +101,40 @@ def test_opa_inspect_reads_the_bundle(cli: Cli, tmp_path: Path) -> None:
     assert set(report["namespaces"]) >= {"data.nauthera.authclient", "data.nauthera.admission"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_opa_run_serves_decisions_from_the_bundle(cli: Cli, tmp_path: Path) -> None:
     """`opa run -b` loads the bundle as a server; the REST API answers the SPEC decision document."""
     assert cli("compile", EXAMPLES / "policies", "--out", tmp_path).returncode == 0
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(find_tool("opa")),
-            "run",
-            "--server",
-            "--addr",
-            f"127.0.0.1:{port}",
-            "-b",
-            str(tmp_path / "bundle.tar.gz"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
+    args = [
+        str(find_tool("opa")),
+        "run",
+        "--server",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "-b",
+        str(tmp_path / "bundle.tar.gz"),
+    ]
+    server = Process(args, tmp_path / "opa.log").start()
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health?bundles", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until(
+            lambda: requests.get(f"{base}/health?bundles", timeout=1).status_code == 200,
+            30,
+            f"OPA to activate the bundle:\n{server.output()}",
+        )
         client = {
             "apiVersion": "auth.nauthera.io/v1alpha1",
             "kind": "AuthClient",
             "metadata": {"name": "x", "namespace": "nowhere"},
             "spec": {},
         }
-        request = urllib.request.Request(
-            f"{base}/v1/data/nauthera/authclient/decision",
-            data=json.dumps({"input": client}).encode(),
-            headers={"Content-Type": "application/json"},
+        response = requests.post(
+            f"{base}/v1/data/nauthera/authclient/decision", json={"input": client}, timeout=10
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            decision = json.loads(response.read())["result"]
+        decision = response.json()["result"]
         assert decision["allowed"] is False
         assert decision["violations"] == [
             {"policy": None, "field": "targets", "message": "no AuthPolicy governs AuthClient nowhere/x"}
         ]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
