@@ -6,7 +6,6 @@ other policies in the bundle also govern the client. Data-driven Rego tests eval
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -159,9 +158,9 @@ def policy_fixtures(policy: Policy) -> list[Fixture]:
         return []
     fixtures = [Fixture(f"{policy.id}: compliant client", policy.id, COMPLIANT, base)]
     for field, change in _violations(policy, base):
-        client = copy.deepcopy(base)
-        client["spec"].update(change)
-        client["metadata"]["name"] = f"{base['metadata']['name']}-bad"[:253]
+        # Shallow copies: changes replace whole values and never mutate the compliant client's.
+        name = f"{base['metadata']['name']}-bad"[:253]
+        client = {**base, "metadata": {**base["metadata"], "name": name}, "spec": {**base["spec"], **change}}
         fixtures.append(Fixture(f"{policy.id}: violates {field}", policy.id, field, client))
     return fixtures
 
@@ -187,6 +186,6 @@ def render_fixture_tests(policies: Sequence[Policy]) -> dict[str, bytes]:
     manifest = {"roots": [FIXTURE_ROOT, f"{FIXTURE_ROOT}_test"]}
     return {
         ".manifest": json.dumps(manifest, sort_keys=True).encode(),
-        f"{FIXTURE_ROOT}/data.json": json.dumps(data, sort_keys=True, indent=1).encode(),
+        f"{FIXTURE_ROOT}/data.json": json.dumps(data, sort_keys=True, separators=(",", ":")).encode(),
         f"{FIXTURE_ROOT}/generated_test.rego": render_template("fixtures_test.rego.j2").encode(),
     }

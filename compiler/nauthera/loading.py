@@ -28,6 +28,7 @@ MAX_DEPTH = 64
 MAX_SCANNED_DEPTH = 1_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
 YAML_SUFFIXES = (".yaml", ".yml")
 
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -141,6 +142,8 @@ class _Builder:
         return result
 
     def _scalar(self, node: yaml.Node) -> Any:
+        if node.tag == _STR_TAG:  # most scalars: no constructor call needed
+            return node.value
         try:
             value = _scalar_constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError, KeyError, OverflowError):
@@ -203,6 +206,9 @@ def nesting_bound(text: str) -> int:
             indicators += 1
             stripped = stripped[2:].lstrip(" ")
         quote = ""
+        if not flow and not any(bracket in stripped for bracket in "[{"):
+            deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators)
+            continue
         for char in stripped:
             if quote:
                 quote = "" if char == quote else quote

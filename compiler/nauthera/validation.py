@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from nauthera.diagnostics import Diagnostic, Level
+from nauthera.diagnostics import Diagnostic, Level, Position
 from nauthera.durations import DurationError, parse_duration_ns
 from nauthera.loading import SourceDocument
 from nauthera.model import TTL_FIELDS
@@ -215,34 +215,65 @@ def semantic_diagnostics(doc: SourceDocument) -> list[Diagnostic]:
     return found
 
 
+def check_policy(doc: SourceDocument) -> list[Diagnostic]:
+    """Every schema and semantic problem of one AuthPolicy document."""
+    return [*validate_document(doc, load_schemas()["AuthPolicy"]), *semantic_diagnostics(doc)]
+
+
+@dataclass(frozen=True)
+class PolicyIdentity:
+    """Who a policy document claims to be, for finding duplicates across files."""
+
+    namespace: str
+    name: str
+    start: Position
+    name_position: Position
+
+
+def policy_identity(doc: SourceDocument) -> PolicyIdentity | None:
+    metadata = doc.content.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if not isinstance(namespace, str) or not isinstance(name, str):
+        return None
+    return PolicyIdentity(namespace, name, doc.start, doc.value_position(("metadata", "name")))
+
+
+def duplicate_diagnostics(identities: Iterable[PolicyIdentity]) -> list[Diagnostic]:
+    """An error at every repeat of a namespace/name, naming where it was first defined."""
+    first_seen: dict[tuple[str, str], PolicyIdentity] = {}
+    found = []
+    for identity in identities:
+        key = (identity.namespace, identity.name)
+        if key in first_seen:
+            found.append(
+                Diagnostic(
+                    Level.ERROR,
+                    identity.name_position,
+                    "duplicate-policy",
+                    f"AuthPolicy {key[0]}/{key[1]} is already defined at {first_seen[key].start}; "
+                    "rename or remove one of them",
+                )
+            )
+        first_seen.setdefault(key, identity)
+    return found
+
+
 def validate_policies(documents: list[SourceDocument]) -> tuple[list[SourceDocument], list[Diagnostic]]:
     """Return the policies that are fully valid, and every problem found in any of them."""
-    schema = load_schemas()["AuthPolicy"]
     valid: list[SourceDocument] = []
     diagnostics: list[Diagnostic] = []
-    first_seen: dict[tuple[str, str], SourceDocument] = {}
+    identities: list[PolicyIdentity] = []
     for doc in documents:
-        problems = [*validate_document(doc, schema), *semantic_diagnostics(doc)]
-        metadata = doc.content.get("metadata")
-        if (
-            isinstance(metadata, dict)
-            and isinstance(metadata.get("namespace"), str)
-            and isinstance(metadata.get("name"), str)
-        ):
-            identity = (metadata["namespace"], metadata["name"])
-            if identity in first_seen:
-                first = first_seen[identity].start
-                problems.append(
-                    Diagnostic(
-                        Level.ERROR,
-                        doc.value_position(("metadata", "name")),
-                        "duplicate-policy",
-                        f"AuthPolicy {identity[0]}/{identity[1]} is already defined at {first}; "
-                        "rename or remove one of them",
-                    )
-                )
-            first_seen.setdefault(identity, doc)
+        problems = check_policy(doc)
         diagnostics.extend(problems)
+        identity = policy_identity(doc)
+        if identity is not None:
+            identities.append(identity)
         if not any(p.level is Level.ERROR for p in problems):
             valid.append(doc)
-    return valid, diagnostics
+    duplicates = duplicate_diagnostics(identities)
+    repeated = {d.position for d in duplicates}
+    diagnostics.extend(duplicates)
+    return [d for d in valid if d.value_position(("metadata", "name")) not in repeated], diagnostics
