@@ -32,28 +32,27 @@ schema_errors := checks.schema_messages(input, data.nauthera.schema.authclient)
 
 client := checks.client_view(input) if count(schema_errors) == 0
 
-type_buckets contains bucket if {
-	some app_type in [client.type, "*"]
-	bucket := data.nauthera.index[app_type]
-}
+# Every lookup below is one full path into data.nauthera.index. Binding a whole bucket to a variable
+# instead would make OPA materialise all of it, and the decision's cost would grow with the bundle.
+bucket_types := [client.type, "*"]
 
 # A namespace glob is indexed under its literal prefix, so trying every prefix of the client's
 # namespace finds exact and glob entries with at most 64 lookups.
 candidates contains id if {
-	some bucket in type_buckets
+	some app_type in bucket_types
 	some length in numbers.range(0, count(client.namespace))
-	some id in bucket.namespace_prefix[substring(client.namespace, 0, length)]
+	some id in data.nauthera.index[app_type].namespace_prefix[substring(client.namespace, 0, length)]
 }
 
 candidates contains id if {
-	some bucket in type_buckets
+	some app_type in bucket_types
 	some key, value in client.labels
-	some id in bucket.label[key][value]
+	some id in data.nauthera.index[app_type].label[key][value]
 }
 
 candidates contains id if {
-	some bucket in type_buckets
-	some id in bucket.unindexed
+	some app_type in bucket_types
+	some id in data.nauthera.index[app_type].unindexed
 }
 
 governing contains id if {
