@@ -23,7 +23,7 @@ from nauthera.fixtures import COMPLIANT, policy_fixtures, schema_fixture
 from nauthera.model import Policy
 from nauthera.patterns import PatternSet
 from nauthera.render import policy_parameters, render_template
-from nauthera.schema import GROUP, client_schema_rules
+from nauthera.schema import GROUP, client_json_schema
 
 LIB_PACKAGE = "lib.nauthera"
 TEMPLATE_API = "templates.gatekeeper.sh/v1"
@@ -205,7 +205,7 @@ def render_lib() -> str:
 
 
 def render_template_rego(template: str) -> str:
-    return render_template(template, schema=client_schema_rules())
+    return render_template(template, schema=client_json_schema())
 
 
 def _constraint_template(

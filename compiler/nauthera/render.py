@@ -17,7 +17,7 @@ import jinja2
 
 from nauthera.model import Policy
 from nauthera.patterns import PatternSet, literal_prefix
-from nauthera.schema import client_schema_rules
+from nauthera.schema import client_json_schema
 
 ANY_TYPE = "*"
 OPA_LIB_PACKAGE = "nauthera.lib"
@@ -145,7 +145,7 @@ def render_opa(policies: Sequence[Policy], fail_closed: bool) -> RenderedOpa:
     data = {
         "policies": {p.id: policy_parameters(p) for p in policies},
         "index": build_index(policies),
-        "schema": {"authclient": client_schema_rules()},
+        "schema": {"authclient": client_json_schema()},
         "settings": {"fail_closed": fail_closed},
     }
     context = {"lib_package": OPA_LIB_PACKAGE}

@@ -19,7 +19,6 @@ import jsonschema
 import yaml
 
 from nauthera.diagnostics import Diagnostic, Level
-from nauthera.errors import NautheraError
 from nauthera.loading import JsonPath, SourceDocument
 
 GROUP = "auth.nauthera.io"
@@ -102,56 +101,13 @@ def load_schemas() -> dict[str, ResourceSchema]:
     return schemas
 
 
-#: Keywords a rule table carries as they are; anything else in a schema is refused, not ignored.
-_RULE_KEYWORDS = (
-    "type",
-    "enum",
-    "pattern",
-    "maxLength",
-    "minLength",
-    "maxItems",
-    "minItems",
-    "uniqueItems",
-    "required",
-)
-_STRUCTURE_KEYWORDS = ("properties", "items", "additionalProperties")
+def client_json_schema() -> dict[str, Any]:
+    """The AuthClient schema that the generated Rego evaluates with `json.match_schema`.
 
-
-def schema_rules(schema: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """A strict schema flattened into one rule per path, for validating inside Rego with `walk`.
-
-    OPA's json.match_schema recompiles its schema on every call (~0.35 ms, a third of a decision);
-    lookups in this table cost next to nothing. Keys join property names with "." and list items as
-    "*"; a map's entries are found through their parent's "values" key.
+    (A rule table walked in plain Rego was tried instead: it cost 0.6 ms a decision against 0.35 ms.)
     """
-    rules: dict[str, dict[str, Any]] = {}
-
-    def visit(node: Mapping[str, Any], key: str) -> None:
-        unknown = set(node) - {*_RULE_KEYWORDS, *_STRUCTURE_KEYWORDS}
-        if unknown:
-            raise NautheraError(f"schema keyword(s) {sorted(unknown)} at {key or '(root)'} have no Rego rule")
-        rule = {k: node[k] for k in _RULE_KEYWORDS if k in node}
-        children = node.get("properties", {})
-        if children:
-            rule["properties"] = sorted(children)
-        extra = node.get("additionalProperties")
-        rule["closed"] = extra is False
-        for name, child in children.items():
-            visit(child, f"{key}.{name}" if key else name)
-        if isinstance(extra, Mapping):
-            rule["values"] = f"{key}.{{}}"
-            visit(extra, rule["values"])
-        if "items" in node:
-            visit(node["items"], f"{key}.*" if key else "*")
-        rules[key] = rule
-
-    visit(schema, "")
-    return rules
-
-
-def client_schema_rules() -> dict[str, dict[str, Any]]:
-    """The AuthClient rules the generated Rego validates every input against."""
-    return schema_rules(load_schemas()["AuthClient"].strict)
+    copied: dict[str, Any] = json.loads(json.dumps(load_schemas()["AuthClient"].strict))
+    return copied
 
 
 def display_path(path: Sequence[str | int]) -> str:

@@ -27,88 +27,16 @@ public_client_types := {"spa", "native"}
 go_duration_pattern := `^[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$`
 
 # Human-readable violations of the client's schema; an empty set means the shape is as expected.
-# `rules` is the CRD's schema flattened by the compiler (schema.schema_rules): one rule per path.
-schema_messages(document, rules) := {msg |
-	walk(document, [path, value])
-	some problem in schema_problems(node_rule(rules, path), value)
-	msg := sprintf("AuthClient does not match its schema: %s: %s", [display_path(path), problem])
+schema_messages(document, schema) := {msg |
+	[valid, errors] := json.match_schema(document, schema)
+	not valid
+	some error in errors
+	msg := sprintf("AuthClient does not match its schema: %s", [schema_error_text(error)])
 }
 
-rule_key(path) := concat(".", [segment | some part in path; segment := rule_segment(part)])
+schema_error_text(error) := error.desc if startswith(error.desc, error.field)
 
-rule_segment(part) := "*" if is_number(part)
-
-rule_segment(part) := part if is_string(part)
-
-node_rule(rules, path) := rules[rule_key(path)]
-
-# A map's entries (labels) have no rule of their own: their parent names the rule for its values.
-node_rule(rules, path) := rules[parent.values] if {
-	not rules[rule_key(path)]
-	count(path) > 0
-	parent := rules[rule_key(array.slice(path, 0, count(path) - 1))]
-}
-
-display_path(path) := "(document)" if count(path) == 0
-
-display_path(path) := concat("", [text | some i, part in path; text := display_segment(i, part)]) if count(path) > 0
-
-display_segment(_, part) := sprintf("[%d]", [part]) if is_number(part)
-
-display_segment(0, part) := part if is_string(part)
-
-display_segment(i, part) := concat("", [".", part]) if {
-	is_string(part)
-	i > 0
-}
-
-json_type(value) := "integer" if {
-	is_number(value)
-	floor(value) == value
-}
-
-json_type(value) := type_name(value) if not is_number(value)
-
-json_type(value) := "number" if {
-	is_number(value)
-	floor(value) != value
-}
-
-type_matches(expected, value) if json_type(value) == expected
-
-type_matches("number", value) if is_number(value)
-
-schema_problems(rule, value) := problems if {
-	not type_matches(rule.type, value)
-	problems := {sprintf("must be of type %s, not %s", [rule.type, json_type(value)])}
-}
-
-schema_problems(rule, value) := value_problems(rule, value) if type_matches(rule.type, value)
-
-value_problems(rule, value) := union({
-	{sprintf("%s is not one of %s", [json.marshal(value), enum_listing(rule.enum)]) | rule.enum; not value in rule.enum},
-	{sprintf("%q does not match %s", [value, rule.pattern]) | rule.pattern; not regex.match(rule.pattern, value)},
-	{sprintf("is longer than %d characters", [rule.maxLength]) | count(value) > rule.maxLength},
-	{sprintf("is shorter than %d characters", [rule.minLength]) | count(value) < rule.minLength},
-	{sprintf("has more than %d items", [rule.maxItems]) | count(value) > rule.maxItems},
-	{sprintf("has fewer than %d items", [rule.minItems]) | count(value) < rule.minItems},
-	{"lists an item twice" | rule.uniqueItems == true; count({item | some item in value}) != count(value)},
-	missing_fields(rule, value),
-	unknown_fields(rule, value),
-})
-
-enum_listing(values) := concat(", ", [sprintf("%v", [v]) | some v in values])
-
-missing_fields(rule, value) := {sprintf("is missing the required field %q", [field]) |
-	some field in rule.required
-	not field in object.keys(value)
-}
-
-unknown_fields(rule, value) := {sprintf("has unknown field %q", [field]) |
-	rule.closed == true
-	some field in object.keys(value)
-	not field in rule.properties
-}
+schema_error_text(error) := concat(": ", [error.field, error.desc]) if not startswith(error.desc, error.field)
 
 default_auth_method(app_type) := "none" if app_type in public_client_types
 
