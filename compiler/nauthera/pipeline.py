@@ -130,8 +130,10 @@ def _analyse_files(files: list[Path], on_file: Callable[[Path], None] | None) ->
                 on_file(file)
         return
     context = multiprocessing.get_context("spawn")
+    # Few large chunks: with one task per small file, pickling round trips cost more than parsing.
+    chunk = max(1, len(files) // (workers * 8))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for file, analysis in zip(files, pool.map(analyse_file, files, chunksize=4), strict=True):
+        for file, analysis in zip(files, pool.map(analyse_file, files, chunksize=chunk), strict=True):
             yield analysis
             if on_file:
                 on_file(file)
