@@ -15,7 +15,7 @@ import requests
 
 from nauthera.durations import DurationError, parse_duration_ns
 from nauthera.errors import NautheraError
-from nauthera.server import ServerConfig, ServerState, create_app, parse_listen, read_token, serve
+from nauthera.server import ServerConfig, ServerState, create_app, parse_listen, read_token, run, serve
 from nauthera.sidecar import OpaPusher, Sidecar
 from nauthera.store import BundleStore
 
@@ -105,7 +105,7 @@ def serve_command(
     try:
         state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
         host, port = parse_listen(listen)
-        asyncio.run(serve(create_app(state), host, port, tls_cert, tls_key))
+        run(serve(create_app(state), host, port, tls_cert, tls_key))
     except NautheraError as error:
         _fail(error)
 
@@ -147,7 +147,7 @@ def sidecar_command(
         state.readiness = sidecar.readiness
         host, port = parse_listen(listen)
         sidecar.compile_and_publish()
-        asyncio.run(_run_sidecar(sidecar, state, host, port, tls_cert, tls_key))
+        run(_run_sidecar(sidecar, state, host, port, tls_cert, tls_key))
     except NautheraError as error:
         _fail(error)
 

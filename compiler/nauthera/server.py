@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import hmac
 import io
@@ -18,7 +19,7 @@ import re
 import resource
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,10 @@ class ServerState:
         self.decisions = DecisionLog(self.config.max_decision_events)
         self.watcher = ChannelWatcher(self.store, self.metrics, self.config.poll_interval)
 
+    def cached_bundle(self, revision: str) -> bytes | None:
+        """The bundle if it is in memory: served without a thread hop, as almost every request is."""
+        return self._bundles.get(revision)
+
     def bundle_bytes(self, revision: str) -> bytes:
         """Bundles are immutable per revision, so thousands of agents share one read."""
         if revision in self._bundles:
@@ -237,7 +242,8 @@ async def bundle(request: Request) -> Response:
         if revision == offered:
             state.metrics.bundle_requests.labels("304").inc()
             return Response(status_code=304, headers={"ETag": _etag(revision)})
-    body = await asyncio.to_thread(state.bundle_bytes, revision)
+    cached = state.cached_bundle(revision)
+    body = cached if cached is not None else await asyncio.to_thread(state.bundle_bytes, revision)
     state.metrics.bundle_requests.labels("200").inc()
     return Response(body, media_type=BUNDLE_MEDIA_TYPE, headers={"ETag": _etag(revision)})
 
@@ -390,11 +396,31 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _tune_garbage_collector() -> None:
+    """Thousands of held long polls are long-lived objects; a full collection walking all of them
+    put 40-70 ms into p99 in the benchmarks. Freeze what start-up allocated and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a server coroutine on uvloop (a faster event loop; uvicorn's own choice) when installed."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional accelerator, part of uvicorn[standard]
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 async def serve(
     app: Starlette, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
 ) -> None:
     """Run the app with uvicorn until cancelled or signalled."""
     _raise_open_file_limit()
+    _tune_garbage_collector()
     config = uvicorn.Config(
         app,
         host=host,

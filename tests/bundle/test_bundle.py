@@ -108,6 +108,7 @@ def test_opa_run_serves_decisions_from_the_bundle(cli: Cli, tmp_path: Path) -> N
     args = [
         str(find_tool("opa")),
         "run",
+        "--skip-version-check",
         "--server",
         "--addr",
         f"127.0.0.1:{port}",

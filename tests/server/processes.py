@@ -104,6 +104,7 @@ def opa_agent(
     args = [
         str(find_tool("opa")),
         "run",
+        "--skip-version-check",
         "--server",
         "--addr",
         f"127.0.0.1:{port}",

@@ -311,7 +311,14 @@ def test_push_mode_loads_opa_and_reloads_it_after_a_restart(tmp_path: Path) -> N
     write_policy(policies, "grants", ALLOWING)
     opa_port = free_port()
     opa_url = f"http://127.0.0.1:{opa_port}"
-    opa_args = [str(find_tool("opa")), "run", "--server", "--addr", f"127.0.0.1:{opa_port}"]
+    opa_args = [
+        str(find_tool("opa")),
+        "run",
+        "--skip-version-check",
+        "--server",
+        "--addr",
+        f"127.0.0.1:{opa_port}",
+    ]
     opa = Process(opa_args, tmp_path / "opa.log").start()
     port = free_port()
     sidecar = _start_sidecar(tmp_path, policies, tmp_path / "store", port, "--push-to", opa_url)

@@ -92,7 +92,7 @@ def _opa_repl(bundle: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     The REPL prints load errors on stdout, so stderr is merged into it.
     """
     return subprocess.run(
-        [OPA, "run", "-b", str(bundle), *flags],
+        [OPA, "run", "--skip-version-check", "-b", str(bundle), *flags],
         input="data.nauthera.settings.fail_closed\n",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -431,7 +431,16 @@ def test_opa_config_keys_and_bundle_signing_as_documented(
     log = tmp_path / "opa.log"
     with log.open("wb") as output:
         opa = subprocess.Popen(
-            [OPA, "run", "--server", "--addr", f"127.0.0.1:{port}", "-c", str(tmp_path / "config.json")],
+            [
+                OPA,
+                "run",
+                "--skip-version-check",
+                "--server",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "-c",
+                str(tmp_path / "config.json"),
+            ],
             stdout=output,
             stderr=subprocess.STDOUT,
         )
