@@ -4,7 +4,7 @@ TOOLS_BIN := $(CURDIR)/.tools/bin
 TOOL_NAMES := opa regal gator
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: setup deps tools demo test lint typecheck rego-gates pytest golden clean
+.PHONY: setup deps tools demo test lint typecheck rego-gates pytest golden clean bench bench-deps
 
 setup: deps tools
 
@@ -44,3 +44,13 @@ test: setup lint typecheck pytest
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (bench/README.md): about 7 minutes on 2 cores; never part of `make test`. nginx (the
+# bundle-server anchor) and wrk (the load generator) come from Debian's packages when missing.
+bench-deps:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null; }
+
+bench: setup bench-deps
+	$(PYTHON) -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Nauthera\x27s benchmark suite: `make bench` (see bench/README.md)."""

@@ -1,0 +1,177 @@
+"""Measure 1: `nauthera compile` wall time and peak memory, beside `opa build` of the same output.
+
+Each run is a fresh `nauthera compile REPO --out DIR` child (interpreter start included, as a user or CI
+pays it). Peak memory is the larger of its `ru_maxrss` from `os.wait4` (exact, one process) and the PSS
+summed over it and its worker processes, sampled every 20 ms (the compiler fans out on large inputs).
+The anchor packages the very bundle that compile produced: it is unpacked and rebuilt with
+`opa build -b` (parse, compile and package the Rego and data: packaging alone). Runs of the two
+alternate so that drift on the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import Budget, Result, Row, Ui, Workspace, nauthera_command, run_wait4, summary, tool
+
+COUNTS = (10, 100, 1_000, 10_000)
+QUICK_COUNTS = (10, 100, 1_000)
+REPETITIONS = {10: 5, 100: 5, 1_000: 5, 10_000: 3}
+GOAL_SECONDS = 10.0
+GOAL_COUNT = 10_000
+#: The in-process stage breakdown runs at this size (cheap, and proportions hold at 10,000).
+BREAKDOWN_COUNT = 1_000
+
+
+def _unpack(bundle: Path, target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(bundle, "r:gz") as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def stage_breakdown(repo: Path) -> dict[str, float]:
+    """Seconds per compile stage, in this process (what to optimise first)."""
+    from nauthera.bundle import build_bundle  # noqa: PLC0415 - heavy imports only when measuring
+    from nauthera.fixtures import render_fixture_tests  # noqa: PLC0415
+    from nauthera.model import build_policy  # noqa: PLC0415
+    from nauthera.pipeline import load_all  # noqa: PLC0415
+    from nauthera.render import render_opa  # noqa: PLC0415
+    from nauthera.validation import classify, validate_policies  # noqa: PLC0415
+
+    stages: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stages[name] = now - mark
+        mark = now
+
+    loaded = load_all([repo])
+    lap("load YAML")
+    classified = classify(loaded.documents)
+    valid, _ = validate_policies(classified.policies)
+    lap("validate")
+    policies = [build_policy(doc) for doc in valid]
+    lap("model")
+    rendered = render_opa(policies, True)
+    lap("render Rego + data")
+    render_fixture_tests(policies)
+    lap("generate test fixtures")
+    build_bundle(rendered.files, {}, None, repo.parent / f".breakdown-{repo.name}.tar.gz")
+    lap("package bundle")
+    stages = {name: round(seconds, 3) for name, seconds in stages.items()}
+    (repo.parent / f".breakdown-{repo.name}.tar.gz").unlink(missing_ok=True)
+    return stages
+
+
+def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
+    counts = QUICK_COUNTS if ws.quick else COUNTS
+    reps = {n: (2 if ws.quick else REPETITIONS[n]) for n in counts}
+    result = Result(
+        "compile",
+        "Compile: wall time and peak memory vs `opa build` of the same output",
+        config={"counts": counts, "repetitions": reps, "command": "nauthera compile REPO --out DIR"},
+    )
+    opa = tool("opa")
+    step = ui.task("compile", total=sum(2 * r for r in reps.values()) + 1)
+    for count in counts:
+        repo = ws.repo(count)
+        samples: dict[str, list[float]] = {
+            "seconds": [],
+            "rss_mib": [],
+            "processes": [],
+            "opa_seconds": [],
+            "opa_rss_mib": [],
+        }
+        for rep in range(reps[count]):
+            if rep > 0 and budget.expired():
+                result.notes.append(f"{count} policies: stopped after {rep} runs (time budget)")
+                break
+            step.describe(f"compile {count:,} policies, run {rep + 1}/{reps[count]}")
+            out = ws.root / "compiled" / f"opa-{count}" if rep == 0 else ws.scratch(f"compile-{count}")
+            measured = run_wait4(nauthera_command("compile", repo, "--out", out), timeout=900)
+            if measured.returncode != 0:
+                raise RuntimeError(f"nauthera compile failed:\n{measured.output}")
+            samples["seconds"].append(measured.seconds)
+            samples["rss_mib"].append(measured.peak_kib / 1024)
+            samples["processes"].append(measured.processes)
+            ws.compiled[count] = ws.root / "compiled" / f"opa-{count}" / "bundle.tar.gz"
+            step.advance()
+            step.describe(f"opa build of {count:,} policies, run {rep + 1}/{reps[count]}")
+            unpacked = _unpack(ws.compiled[count], ws.scratch(f"opa-build-{count}") / "src")
+            anchor = run_wait4(
+                [opa, "build", "-b", unpacked, "-o", unpacked.parent / "opa-bundle.tar.gz"], timeout=600
+            )
+            if anchor.returncode != 0:
+                raise RuntimeError(f"opa build failed:\n{anchor.output}")
+            samples["opa_seconds"].append(anchor.seconds)
+            samples["opa_rss_mib"].append(anchor.peak_kib / 1024)
+            step.advance()
+        s, o = summary(samples["seconds"]), summary(samples["opa_seconds"])
+        m, om = summary(samples["rss_mib"]), summary(samples["opa_rss_mib"])
+        ui.log(
+            f"compile {count:>6,} policies: {s['median']:.2f} s, {m['median']:.0f} MiB peak "
+            f"(opa build {o['median']:.2f} s, {om['median']:.0f} MiB)"
+        )
+        goal = count == GOAL_COUNT
+        result.rows.append(
+            Row(
+                f"compile {count:,} policies: wall time",
+                "s",
+                s["median"],
+                s["p99"],
+                "`opa build` of the same output",
+                o["median"],
+                o["p99"],
+                goal=f"<= {GOAL_SECONDS:.0f} s" if goal else "",
+                goal_met=s["median"] <= GOAL_SECONDS if goal else None,
+            )
+        )
+        result.rows.append(
+            Row(
+                f"compile {count:,} policies: peak memory",
+                "MiB",
+                m["median"],
+                m["p99"],
+                "`opa build` of the same output",
+                om["median"],
+                om["p99"],
+                note=f"up to {max(samples['processes']):.0f} processes at once (compile and its children)"
+                if max(samples["processes"]) > 1
+                else "",
+            )
+        )
+        result.series[str(count)] = {
+            "policies": count,
+            "bundle_bytes": ws.compiled[count].stat().st_size,
+            "samples": samples,
+            "summary": {
+                "seconds": s,
+                "rss_mib": m,
+                "opa_build_seconds": o,
+                "opa_build_rss_mib": om,
+            },
+        }
+    step.describe(f"stage breakdown at {BREAKDOWN_COUNT:,} policies (in process)")
+    try:
+        breakdown: dict[str, Any] = stage_breakdown(ws.repo(BREAKDOWN_COUNT))
+    except (ImportError, AttributeError, TypeError) as error:  # the compiler's internals moved
+        breakdown = {"unavailable": f"{type(error).__name__}: {error}"}
+    result.config["stage_breakdown_policies"] = BREAKDOWN_COUNT
+    result.series["stage_breakdown_seconds"] = breakdown
+    stages = ", ".join(
+        f"{name} {sec:.2f} s" if isinstance(sec, float) else f"{name}: {sec}"
+        for name, sec in breakdown.items()
+    )
+    ui.log(f"stages at {BREAKDOWN_COUNT:,}: {stages}")
+    result.notes.append(
+        f"Where the time goes at {BREAKDOWN_COUNT:,} policies (in process, no start-up): {stages}."
+    )
+    step.advance()
+    step.finish()
+    return result

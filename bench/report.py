@@ -1,0 +1,317 @@
+"""Plots (one PNG per measure) and the results table in bench/README.md, from bench/results/*.json.
+
+python -m bench.report        # regenerate from the last results without measuring again
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from bench.common import BENCH_DIR, RESULTS_DIR
+
+MEASURES = ("compile", "decision", "enforcement", "server")
+README = BENCH_DIR / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+NONE = "n/a"
+
+
+def load_results() -> dict[str, dict[str, Any]]:
+    found = {}
+    for name in MEASURES:
+        path = RESULTS_DIR / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def number(value: float | None, unit: str) -> str:
+    """Three significant figures or so; whole numbers for rates and memory."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NONE
+    if unit in ("req/s", "MiB") or value >= 100:
+        return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+    decimals = 1 if value >= 10 else 2 if value >= 1 else 3
+    return f"{value:.{decimals}f}"
+
+
+def with_p99(median: float | None, p99: float | None, unit: str) -> str:
+    text = f"{number(median, unit)} {unit}"
+    return f"{text} ({number(p99, unit)})" if p99 is not None else text
+
+
+def ratio_text(value: float | None) -> str:
+    if value is None:
+        return NONE
+    if value >= 10:
+        return f"{value:,.0f}x"
+    if value >= 0.1:
+        return f"{value:.2f}x"
+    return f"{value:.2g}x"
+
+
+def goal_text(row: dict[str, Any]) -> str:
+    goal = str(row.get("goal") or "")
+    if not goal:
+        return ""
+    if row.get("goal_met") is None:
+        return goal
+    return f"{goal}: {'met' if row['goal_met'] else '**missed**'}"
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| figure | Nauthera: median (p99) | anchor | anchor: median (p99) | ratio | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        figure = row["figure"] + (f" <br><sub>{row['note']}</sub>" if row.get("note") else "")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    figure,
+                    with_p99(row["value"], row.get("value_p99"), row["unit"]),
+                    row["anchor"],
+                    with_p99(row.get("anchor_value"), row.get("anchor_p99"), row["unit"]),
+                    ratio_text(row.get("ratio")),
+                    goal_text(row),
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
+def results_markdown(results: dict[str, dict[str, Any]]) -> str:
+    if not results:
+        return "_No results yet: run `make bench`._"
+    first = next(iter(results.values()))
+    machine, tools = first.get("machine", {}), first.get("tools", {})
+    loads = [r.get("machine", {}).get("load_average", [0])[0] for r in results.values()]
+    loads += [r.get("machine_end", {}).get("load_average", [0])[0] for r in results.values()]
+    total = sum(r.get("wall_seconds", 0) for r in results.values())
+    lines = [
+        f"Measured {first.get('date', '?')} on {machine.get('cores', '?')} cores "
+        f"({machine.get('cpu', '?')}), "
+        f"{machine.get('memory_gib', '?')} GiB, {machine.get('platform', '?')}; "
+        f"1-minute load average between {min(loads):.2f} and {max(loads):.2f} during the run; "
+        f"measures took {total / 60:.1f} min"
+        + (" (**quick run**: fewer sizes and repetitions)" if first.get("quick") else "")
+        + ".",
+        "",
+        "Tools: "
+        + ", ".join(f"{k} {v}" for k, v in tools.items())
+        + f"; commit {machine.get('git_commit', '?')}"
+        + (" with uncommitted compiler changes" if machine.get("compiler_dirty") else "")
+        + ".",
+        "",
+        "Ratio = Nauthera / anchor on the medians. Raw samples: `bench/results/<measure>.json`.",
+        "",
+    ]
+    for name, result in results.items():
+        lines += [f"#### {result['title']}", ""]
+        if result.get("error"):
+            lines += [f"**This measure failed:** `{result['error']}`", ""]
+        lines += table(result)
+        lines.append("")
+        for note in result.get("notes", []):
+            lines.append(f"- {note}")
+        if result.get("notes"):
+            lines.append("")
+        if (RESULTS_DIR / f"{name}.png").exists():
+            lines += [f"![{name}](results/{name}.png)", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(results: dict[str, dict[str, Any]], readme: Path = README) -> None:
+    text = readme.read_text() if readme.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text or END not in text:
+        text = text.rstrip() + f"\n\n## Results\n\n{START}\n{END}\n"
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    block = f"{START}\n{results_markdown(results)}{END}"
+    readme.write_text(pattern.sub(lambda _: block, text, count=1))
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+
+def _plot_compile(result: dict[str, Any], plt: Any) -> Any:
+    series = [s for k, s in result["series"].items() if k.isdigit()]
+    counts = [s["policies"] for s in series]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key, label in (("seconds", "nauthera compile"), ("opa_build_seconds", "opa build (anchor)")):
+        med = [s["summary"][key]["median"] for s in series]
+        p99 = [s["summary"][key]["p99"] for s in series]
+        left.errorbar(
+            counts,
+            med,
+            yerr=[[0] * len(med), [b - a for a, b in zip(med, p99, strict=True)]],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    left.axhline(10, color="red", linestyle="--", linewidth=1, label="goal at 10,000: 10 s")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="policies",
+        ylabel="wall time, s (median, bar to p99)",
+        title="Compile wall time",
+    )
+    left.legend()
+    for key, label in (("rss_mib", "nauthera compile"), ("opa_build_rss_mib", "opa build (anchor)")):
+        right.plot(counts, [s["summary"][key]["median"] for s in series], marker="o", label=label)
+    right.set(xscale="log", xlabel="policies", ylabel="peak RSS, MiB (median)", title="Compile peak memory")
+    right.legend()
+    return figure
+
+
+def _plot_decision(result: dict[str, Any], plt: Any) -> Any:
+    series = sorted((s for s in result["series"].values()), key=lambda s: s["policies"])
+    counts = [s["policies"] for s in series]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, stat, name in ((axes[0], "median", "p50"), (axes[1], "p99", "p99")):
+        for store in ("default", "read-optimized"):
+            axis.plot(
+                counts,
+                [s["rest"][store]["summary_ms"][stat] for s in series],
+                marker="o",
+                label=f"OPA REST ({store} store)",
+            )
+        key = "eval_median_ms" if stat == "median" else "eval_p99_ms"
+        for store in ("default", "read-optimized"):
+            values = [_med([r[key] for r in s["opa_bench"][store]["runs"]]) for s in series]
+            axis.plot(counts, values, marker="s", linestyle=":", label=f"opa bench eval ({store})")
+        gator = [_med([r[f"{name}_ms"] for r in s["gator"]["runs"]]) for s in series]
+        axis.plot(counts, gator, marker="^", linestyle="--", label="gator bench (Gatekeeper target)")
+        axis.set(
+            xscale="log", yscale="log", xlabel="policies in the bundle", title=f"Decision latency {name}"
+        )
+    axes[0].set_ylabel("ms")
+    axes[0].legend(fontsize=8)
+    return figure
+
+
+def _plot_enforcement(result: dict[str, Any], plt: Any) -> Any:
+    from bench.enforcement_bench import DEFAULT_POLLING, DEMO_POLLING, residual_quantile  # noqa: PLC0415
+
+    figure, axis = plt.subplots(figsize=(9, 4.2))
+    for key, series in result["series"].items():
+        samples = sorted(series["samples_seconds"])
+        if samples:
+            axis.step(
+                samples,
+                [(i + 1) / len(samples) for i in range(len(samples))],
+                where="post",
+                label=f"long polling, {int(key):,} policies (measured)",
+            )
+        plain = sorted(series.get("plain_polling_samples_seconds") or [])
+        if plain:
+            axis.plot(
+                plain,
+                [(i + 1) / len(plain) for i in range(len(plain))],
+                "x",
+                label="plain polling 1-2 s (measured)",
+            )
+    qs = [i / 200 for i in range(201)]
+    axis.plot(
+        [residual_quantile(q, *DEFAULT_POLLING) for q in qs],
+        qs,
+        linestyle="--",
+        label="OPA default polling 60-120 s (computed)",
+    )
+    first = next(iter(result["series"].values()), None)
+    if first and first.get("plain_polling_samples_seconds") and first["summary_seconds"].get("n"):
+        shift = first["summary_seconds"]["median"]
+        axis.plot(
+            [shift + residual_quantile(q, *DEMO_POLLING) for q in qs],
+            qs,
+            linestyle=":",
+            label="model: 1-2 s polling + long-poll p50",
+        )
+    axis.set(
+        xscale="log",
+        xlabel="seconds from file write to the new decision",
+        ylabel="fraction of edits",
+        title="Change-to-enforcement (CDF)",
+    )
+    axis.legend(fontsize=8)
+    return figure
+
+
+def _plot_server(result: dict[str, Any], plt: Any) -> Any:
+    data = result["series"]["throughput"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = ["304 (conditional)", "200 (download)"]
+    for offset, name in ((-0.2, "nauthera"), (0.2, "nginx")):
+        rps = [_med([r["throughput_rps"] for r in data["results"][name][s]]) for s in ("304", "200")]
+        p99 = [_med([r["p99_ms"] for r in data["results"][name][s]]) for s in ("304", "200")]
+        left.bar([i + offset for i in range(2)], rps, width=0.4, label=name)
+        right.bar([i + offset for i in range(2)], p99, width=0.4, label=name)
+    for axis, title, unit in ((left, "Throughput", "requests/s"), (right, "Latency p99", "ms")):
+        axis.set_xticks(range(2), labels)
+        axis.set(ylabel=unit, title=f"{title} with {data['held']:,} fleet connections held")
+        axis.legend()
+    right.set_yscale("log")
+    return figure
+
+
+def _med(values: list[float]) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+PLOTS = {
+    "compile": _plot_compile,
+    "decision": _plot_decision,
+    "enforcement": _plot_enforcement,
+    "server": _plot_server,
+}
+
+
+def plot(results: dict[str, dict[str, Any]]) -> list[Path]:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional dependency (the `bench` extra)
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plots")
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    written = []
+    for name, result in results.items():
+        if result.get("error") or not result.get("series"):
+            continue
+        try:
+            figure = PLOTS[name](result, plt)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            print(f"no plot for {name}: {type(error).__name__}: {error}")
+            continue
+        figure.suptitle(f"Nauthera benchmark: {name} ({result.get('date', '')})", fontsize=9)
+        figure.tight_layout()
+        target = RESULTS_DIR / f"{name}.png"
+        figure.savefig(target, dpi=110)
+        plt.close(figure)
+        written.append(target)
+    return written
+
+
+def main() -> None:
+    results = load_results()
+    plot(results)
+    update_readme(results)
+    print(f"updated {README} from {len(results)} result files")
+
+
+if __name__ == "__main__":
+    main()
