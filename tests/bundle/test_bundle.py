@@ -13,7 +13,7 @@ import requests
 from nauthera.tools import find_tool
 
 from ..conftest import EXAMPLES, Cli
-from ..server.processes import Process, free_port, wait_until
+from ..server.processes import opa_serving, wait_until
 
 
 def _manifest(bundle: Path) -> dict[str, object]:
@@ -104,19 +104,7 @@ def test_opa_inspect_reads_the_bundle(cli: Cli, tmp_path: Path) -> None:
 def test_opa_run_serves_decisions_from_the_bundle(cli: Cli, tmp_path: Path) -> None:
     """`opa run -b` loads the bundle as a server; the REST API answers the SPEC decision document."""
     assert cli("compile", EXAMPLES / "policies", "--out", tmp_path).returncode == 0
-    port = free_port()
-    args = [
-        str(find_tool("opa")),
-        "run",
-        "--skip-version-check",
-        "--server",
-        "--addr",
-        f"127.0.0.1:{port}",
-        "-b",
-        str(tmp_path / "bundle.tar.gz"),
-    ]
-    server = Process(args, tmp_path / "opa.log").start()
-    base = f"http://127.0.0.1:{port}"
+    server, base = opa_serving(tmp_path / "bundle.tar.gz", tmp_path / "opa.log")
     try:
         wait_until(
             lambda: requests.get(f"{base}/health?bundles", timeout=1).status_code == 200,

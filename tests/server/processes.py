@@ -114,6 +114,23 @@ def opa_agent(
     return Process(args, workdir / f"{name}.log").start(), f"http://127.0.0.1:{port}"
 
 
+def opa_serving(bundle: Path, log: Path, *flags: str) -> tuple[Process, str]:
+    """`opa run --server -b BUNDLE` on a free loopback port; returns it and its base URL."""
+    port = free_port()
+    args = [
+        str(find_tool("opa")),
+        "run",
+        "--skip-version-check",
+        "--server",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "-b",
+        str(bundle),
+        *flags,
+    ]
+    return Process(args, log).start(), f"http://127.0.0.1:{port}"
+
+
 def decide(opa_url: str, client: dict[str, Any]) -> dict[str, Any] | None:
     """The decision of an OPA agent, or None while it has no bundle."""
     response = requests.post(

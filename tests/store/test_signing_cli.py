@@ -10,26 +10,8 @@ import requests
 from nauthera.tools import find_tool
 
 from ..conftest import EXAMPLES, Cli
-from ..server.processes import Process, free_port, wait_until
+from ..server.processes import free_port, opa_serving, wait_until
 from .conftest import Keys
-
-
-def _opa_run(bundle: Path, key: Path, log: Path, *extra: str) -> tuple[Process, str]:
-    port = free_port()
-    args = [
-        str(find_tool("opa")),
-        "run",
-        "--skip-version-check",
-        "--server",
-        "--addr",
-        f"127.0.0.1:{port}",
-        "-b",
-        str(bundle),
-        "--verification-key",
-        str(key),
-        *extra,
-    ]
-    return Process(args, log).start(), f"http://127.0.0.1:{port}"
 
 
 def test_signed_compiles_are_reproducible_and_verified_by_opa(cli: Cli, tmp_path: Path, keys: Keys) -> None:
@@ -42,7 +24,7 @@ def test_signed_compiles_are_reproducible_and_verified_by_opa(cli: Cli, tmp_path
     assert signed.read_bytes() == (tmp_path / "b" / "bundle.tar.gz").read_bytes()
     verified = cli("bundle", "verify", signed, "--verification-key", keys.rsa_public)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    opa, url = _opa_run(signed, keys.rsa_public, tmp_path / "opa.log")
+    opa, url = opa_serving(signed, tmp_path / "opa.log", "--verification-key", str(keys.rsa_public))
     try:
         wait_until(
             lambda: requests.get(f"{url}/health?bundles", timeout=1).status_code == 200,
