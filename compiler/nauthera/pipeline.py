@@ -17,7 +17,7 @@ from nauthera.bundle import build_bundle, git_source
 from nauthera.diagnostics import Diagnostic, Level, has_errors, sorted_diagnostics
 from nauthera.fixtures import render_fixture_tests
 from nauthera.gatekeeper import render_gatekeeper, render_gatekeeper_suites
-from nauthera.loading import LoadResult, discover, load_file
+from nauthera.loading import discover, load_file
 from nauthera.model import Policy, build_policy
 from nauthera.render import render_opa
 from nauthera.signing import sign_bundle
@@ -68,19 +68,6 @@ class CompileResult:
     @property
     def ok(self) -> bool:
         return self.written
-
-
-def load_all(paths: Sequence[Path], on_file: Callable[[Path], None] | None = None) -> LoadResult:
-    """Load every YAML file under `paths`, reporting each file to `on_file` (for progress bars)."""
-    total = LoadResult()
-    files = list(discover(paths))
-    for file in files:
-        loaded = load_file(file)
-        total.documents.extend(loaded.documents)
-        total.diagnostics.extend(loaded.diagnostics)
-        if on_file:
-            on_file(file)
-    return total
 
 
 def count_files(paths: Sequence[Path]) -> int:

@@ -258,22 +258,3 @@ def duplicate_diagnostics(identities: Iterable[PolicyIdentity]) -> list[Diagnost
             )
         first_seen.setdefault(key, identity)
     return found
-
-
-def validate_policies(documents: list[SourceDocument]) -> tuple[list[SourceDocument], list[Diagnostic]]:
-    """Return the policies that are fully valid, and every problem found in any of them."""
-    valid: list[SourceDocument] = []
-    diagnostics: list[Diagnostic] = []
-    identities: list[PolicyIdentity] = []
-    for doc in documents:
-        problems = check_policy(doc)
-        diagnostics.extend(problems)
-        identity = policy_identity(doc)
-        if identity is not None:
-            identities.append(identity)
-        if not any(p.level is Level.ERROR for p in problems):
-            valid.append(doc)
-    duplicates = duplicate_diagnostics(identities)
-    repeated = {d.position for d in duplicates}
-    diagnostics.extend(duplicates)
-    return [d for d in valid if d.value_position(("metadata", "name")) not in repeated], diagnostics
