@@ -28,8 +28,9 @@ demo: setup
 	@echo "decision documents: build/examples/decisions.json"
 
 lint:
-	ruff check compiler tests
-	ruff format --check compiler tests
+	ruff check compiler tests bench
+	ruff format --check compiler tests bench
+	lint-imports
 
 typecheck:
 	mypy --strict compiler
@@ -38,7 +39,7 @@ pytest:
 	$(PYTHON) -m pytest -q
 
 golden:
-	NAUTHERA_REGEN_GOLDEN=1 $(PYTHON) -m pytest -q tests/render
+	NAUTHERA_REGEN_GOLDEN=1 $(PYTHON) -m pytest -q tests/targets/opa
 
 test: setup lint typecheck pytest
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 from nauthera import __version__ as nauthera_version
-from nauthera.tools import find_tool
+from nauthera.engines.tools import find_tool
 from rich.console import Console
 from rich.progress import Progress, TaskID
 

@@ -35,12 +35,11 @@ def _unpack(bundle: Path, target: Path) -> Path:
 
 def stage_breakdown(repo: Path) -> dict[str, float]:
     """Seconds per compile stage, in this process (what to optimise first)."""
-    from nauthera.bundle import build_bundle  # noqa: PLC0415 - heavy imports only when measuring
-    from nauthera.fixtures import render_fixture_tests  # noqa: PLC0415
-    from nauthera.loading import load_paths  # noqa: PLC0415
-    from nauthera.model import build_policy  # noqa: PLC0415
-    from nauthera.render import render_opa  # noqa: PLC0415
-    from nauthera.validation import check_policy, classify  # noqa: PLC0415
+    from nauthera.compile.loading import load_paths  # noqa: PLC0415
+    from nauthera.compile.model import build_policy  # noqa: PLC0415
+    from nauthera.compile.validation import check_policy, classify  # noqa: PLC0415
+    from nauthera.targets.opa.bundle import build_bundle  # noqa: PLC0415 - heavy imports only when measuring
+    from nauthera.targets.opa.render import render_fixture_tests, render_opa  # noqa: PLC0415
 
     stages: dict[str, float] = {}
     mark = time.perf_counter()

@@ -230,8 +230,8 @@ def gatekeeper_input(ws: Workspace, count: int) -> Path:
     function), serialized as JSON documents (valid YAML) rather than through the CLI, which also
     renders a gator suite with fixtures per policy and takes minutes at 10,000 policies.
     """
-    from nauthera.gatekeeper import gatekeeper_objects  # noqa: PLC0415 - heavy, only when needed
-    from nauthera.pipeline import analyse  # noqa: PLC0415
+    from nauthera.compile.analysis import analyse  # noqa: PLC0415
+    from nauthera.targets.gatekeeper import gatekeeper_objects  # noqa: PLC0415 - heavy, only when needed
 
     folder = ws.scratch(f"gator-{count}")
     policies, _ = analyse([ws.repo(count)])

@@ -36,7 +36,8 @@ from bench.generate import client, generate
 
 def compile_profile(policies: int, top: int) -> None:
     """cProfile of one in-process compile; the functions with the most own time first."""
-    from nauthera.pipeline import CompileOptions, compile_policies  # noqa: PLC0415
+    from nauthera.targets.base import CompileOptions  # noqa: PLC0415
+    from nauthera.targets.outputs import compile_policies  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="nauthera-exp-") as scratch:
         repo = generate(Path(scratch) / "policies", policies)
@@ -191,7 +192,7 @@ SERVER_VARIANTS = ("as is", "uvloop", "gc-threshold", "uvloop+gc-threshold")
 
 def server_runtime(policies: int) -> None:
     """`nauthera serve` with 1,000 held long polls, as is and with runtime variants (wrk, 2 x 4 s each)."""
-    from nauthera.store import BundleStore  # noqa: PLC0415
+    from nauthera.store.folder import BundleStore  # noqa: PLC0415
 
     from bench.common import LOOPBACK, Child, free_port, wait_until  # noqa: PLC0415
     from bench.server_bench import check_response, holders, holding, serves, wrk  # noqa: PLC0415

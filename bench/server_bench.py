@@ -191,7 +191,7 @@ def check_response(url: str, etag: str | None, expected: int) -> str:
 
 
 def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
-    from nauthera.store import BundleStore  # noqa: PLC0415 - only when measuring
+    from nauthera.store.folder import BundleStore  # noqa: PLC0415 - only when measuring
 
     held = QUICK_HELD if ws.quick else HELD
     runs = QUICK_RUNS if ws.quick else RUNS

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from nauthera.engines.tools import find_tool
 from nauthera.errors import ToolNotFoundError
-from nauthera.tools import find_tool
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

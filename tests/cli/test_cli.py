@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from nauthera.engines.tools import find_tool
 from nauthera.errors import ToolNotFoundError
-from nauthera.tools import find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICIES = REPO / "examples" / "policies"
@@ -552,7 +552,7 @@ def test_missing_opa_override_mentions_make_tools(tmp_path: Path, example_bundle
 
 def test_opa_not_found_anywhere_mentions_make_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NAUTHERA_OPA", raising=False)
-    monkeypatch.setattr("nauthera.tools.TOOLS_DIR", tmp_path / "no-tools")
+    monkeypatch.setattr("nauthera.engines.tools.TOOLS_DIR", tmp_path / "no-tools")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert shutil.which("opa") is None
     with pytest.raises(ToolNotFoundError, match="make tools"):

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from nauthera.bundle import MANIFEST, read_bundle, write_tarball
 from nauthera.cli import main
-from nauthera.pipeline import CompileOptions, compile_policies
+from nauthera.targets.base import CompileOptions
+from nauthera.targets.opa.bundle import MANIFEST, read_bundle, write_tarball
+from nauthera.targets.outputs import compile_policies
 
 from ..conftest import EXAMPLES
 

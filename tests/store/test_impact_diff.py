@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from nauthera.diff import diff_bundles
-from nauthera.impact import impact
-from nauthera.pipeline import CompileOptions, compile_policies
-from nauthera.store import BundleStore
+from nauthera.store.diff import diff_bundles
+from nauthera.store.folder import BundleStore
+from nauthera.store.impact import impact
+from nauthera.targets.base import CompileOptions
+from nauthera.targets.outputs import compile_policies
 
 from ..conftest import EXAMPLES
 from .conftest import Invoke, compile_to, edited_policies

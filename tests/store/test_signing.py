@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nauthera.bundle import read_bundle, write_tarball
-from nauthera.signing import (
+from nauthera.engines.tools import find_tool
+from nauthera.targets.opa.bundle import read_bundle, write_tarball
+from nauthera.targets.opa.signing import (
     SIGNATURES_FILE,
     SigningError,
     file_hash,
@@ -29,7 +30,6 @@ from nauthera.signing import (
     signed_files,
     verify_bundle,
 )
-from nauthera.tools import find_tool
 
 from .conftest import Invoke, Keys
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import requests
-from nauthera.tools import find_tool
+from nauthera.engines.tools import find_tool
 
 from ..conftest import EXAMPLES, Cli
-from ..server.processes import free_port, opa_serving, wait_until
+from ..harness.processes import free_port, opa_serving, wait_until
 from .conftest import Keys
 
 

@@ -18,9 +18,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from nauthera.bundle import read_bundle, write_tarball
-from nauthera.signing import sign_bundle
-from nauthera.store import BundleStore, RevisionInfo, StoreError
+from nauthera.store.folder import BundleStore, RevisionInfo, StoreError
+from nauthera.targets.opa.bundle import read_bundle, write_tarball
+from nauthera.targets.opa.signing import sign_bundle
 
 from .conftest import Invoke, Keys, with_revision
 
@@ -214,7 +214,7 @@ _PUBLISHER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from nauthera.store import BundleStore
+    from nauthera.store.folder import BundleStore
 
     store = BundleStore(Path(sys.argv[1]))
     for bundle in sys.argv[3:]:

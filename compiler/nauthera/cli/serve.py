@@ -1,0 +1,227 @@
+"""`serve`, `sidecar`, `agents` and `decisions`: the fleet-facing commands (exit codes as in cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from nauthera.cli.common import fail
+from nauthera.compile.durations import DurationError, parse_duration_ns
+from nauthera.errors import NautheraError
+from nauthera.serve.server import ServerConfig, ServerState, create_app, parse_listen, read_token, run, serve
+from nauthera.serve.sidecar import OpaPusher, Sidecar
+from nauthera.store.folder import BundleStore
+
+DEFAULT_LISTEN = "127.0.0.1:8282"
+DEFAULT_SERVER = f"http://{DEFAULT_LISTEN}"
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _seconds(text: str, option: str) -> float:
+    try:
+        return parse_duration_ns(text) / 1e9
+    except DurationError as error:
+        raise click.BadParameter(f"{text!r} {error}", param_hint=option) from error
+
+
+def server_options(command: Any) -> Any:
+    """Options shared by `serve` and `sidecar`."""
+    options = [
+        click.option("--store", "store_dir", required=True, type=click.Path(path_type=Path, file_okay=False)),
+        click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to bind."),
+        click.option(
+            "--token-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Require `Authorization: Bearer <token>` with the token in this file.",
+        ),
+        click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True)),
+        click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True)),
+        click.option(
+            "--channel",
+            default="stable",
+            show_default=True,
+            help="Channel for agents whose bundle name is not a channel.",
+        ),
+        click.option(
+            "--stale-after",
+            default="30s",
+            show_default=True,
+            help="An agent not on its channel's revision this long after a publish is stale.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _state(
+    store_dir: Path,
+    token_file: Path | None,
+    channel: str,
+    stale_after: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> ServerState:
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    config = ServerConfig(
+        default_channel=channel,
+        token=read_token(token_file),
+        stale_after=_seconds(stale_after, "--stale-after"),
+    )
+    return ServerState(BundleStore(store_dir), config)
+
+
+@click.command("serve")
+@server_options
+def serve_command(
+    store_dir: Path,
+    listen: str,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    channel: str,
+    stale_after: str,
+) -> None:
+    """Serve the store's channels to OPA (bundle API with long polling), take status and decision logs."""
+    _logging()
+    try:
+        state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
+        host, port = parse_listen(listen)
+        run(serve(create_app(state), host, port, tls_cert, tls_key))
+    except NautheraError as error:
+        fail(error)
+
+
+@click.command("sidecar")
+@click.option(
+    "--source",
+    "sources",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="Policy folder or Git checkout to compile and watch (repeatable).",
+)
+@server_options
+@click.option(
+    "--push-to", help="Also load policy and data into this OPA's REST API (e.g. http://127.0.0.1:8181)."
+)
+@click.option("--push-token-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--debounce", default="200ms", show_default=True, help="Quiet time before recompiling.")
+def sidecar_command(
+    sources: tuple[Path, ...],
+    store_dir: Path,
+    listen: str,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    channel: str,
+    stale_after: str,
+    push_to: str | None,
+    push_token_file: Path | None,
+    debounce: str,
+) -> None:
+    """Compile SOURCE at start and on every change, publish good compiles to --channel, serve them."""
+    _logging()
+    try:
+        state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
+        pusher = OpaPusher(push_to, read_token(push_token_file)) if push_to else None
+        sidecar = Sidecar(list(sources), state, channel, pusher, _seconds(debounce, "--debounce"))
+        state.readiness = sidecar.readiness
+        host, port = parse_listen(listen)
+        sidecar.compile_and_publish()
+        run(_run_sidecar(sidecar, state, host, port, tls_cert, tls_key))
+    except NautheraError as error:
+        fail(error)
+
+
+async def _run_sidecar(
+    sidecar: Sidecar, state: ServerState, host: str, port: int, tls_cert: Path | None, tls_key: Path | None
+) -> None:
+    tasks = [asyncio.create_task(sidecar.watch())]
+    if sidecar.pusher is not None:
+        tasks.append(asyncio.create_task(sidecar.keep_opa_loaded()))
+    try:
+        await serve(create_app(state), host, port, tls_cert, tls_key)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _get(server: str, path: str, token_file: Path | None, params: dict[str, str] | None = None) -> Any:
+    token = read_token(token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(f"{server.rstrip('/')}{path}", headers=headers, params=params, timeout=10)
+    except requests.RequestException as error:
+        fail(f"cannot reach {server}: {error}")
+    if response.status_code != 200:
+        fail(f"{server}{path} answered {response.status_code}: {response.text.strip()}")
+    return response.json()
+
+
+def client_options(command: Any) -> Any:
+    command = click.option(
+        "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    )(command)
+    command = click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False))(command)
+    return click.option("--server", default=DEFAULT_SERVER, show_default=True)(command)
+
+
+@click.command("agents")
+@client_options
+def agents_command(server: str, token_file: Path | None, output_format: str) -> None:
+    """List the OPA agents that report to a Nauthera server, with their revisions. Exit 1 if any is stale."""
+    try:
+        agents = _get(server, "/v1/agents", token_file)["agents"]
+    except NautheraError as error:
+        fail(error)
+    if output_format == "json":
+        click.echo(json.dumps({"agents": agents}, indent=2))
+    else:
+        for agent in agents:
+            marker = "STALE" if agent["stale"] else "ok"
+            bundles = ", ".join(
+                f"{name}={b['active_revision']} (channel {b['channel']}: {b['channel_revision']})"
+                for name, b in agent["bundles"].items()
+            )
+            name = agent["labels"].get("name") or agent["id"]
+            click.echo(f"{name}: {marker}: {bundles or 'no bundles'}")
+            for problem in agent["errors"]:
+                click.echo(f"    error: {problem}")
+        click.echo(f"{len(agents)} agents, {sum(a['stale'] for a in agents)} stale")
+    sys.exit(1 if any(a["stale"] for a in agents) else 0)
+
+
+@click.command("decisions")
+@client_options
+@click.option("--since", help="Only decisions this recent (a Go duration, e.g. 15m or 24h).")
+def decisions_command(server: str, token_file: Path | None, output_format: str, since: str | None) -> None:
+    """Summarise denied decisions from OPA decision logs by policy, field and client."""
+    params = {"since": str(_seconds(since, "--since"))} if since else None
+    try:
+        denied = _get(server, "/v1/decisions", token_file, params)["denied"]
+    except NautheraError as error:
+        fail(error)
+    if output_format == "json":
+        click.echo(json.dumps({"denied": denied}, indent=2))
+        return
+    for row in denied:
+        click.echo(f"{row['count']:>6}  {row['policy'] or '-'}  {row['field']}  {row['client']}")
+    click.echo(f"{sum(r['count'] for r in denied)} denials")

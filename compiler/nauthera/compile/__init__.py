@@ -1,0 +1,1 @@
+"""Front end: YAML with positions → validated (CRD schema + semantics) → frozen, normalised model."""

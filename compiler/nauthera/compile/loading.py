@@ -1,0 +1,317 @@
+"""Load stage: multi-document YAML into JSON-like values that remember where every key and value came from.
+
+We construct values ourselves from PyYAML's node graph instead of using `safe_load`, because that gives
+exact positions for every node, rejects duplicate keys, and bounds the work an alias bomb can cause.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nauthera.compile.diagnostics import Diagnostic, Level, Position
+from nauthera.errors import InputError
+
+JsonPath = tuple[str | int, ...]
+
+#: Values one document may expand to; aliases can multiply a small file into an enormous one.
+MAX_NODES_PER_DOCUMENT = 200_000
+#: Nesting depth beyond which a document is certainly not a Kubernetes object.
+MAX_DEPTH = 64
+#: Above this bound on nesting we do not hand text to libyaml at all: its C composer recurses per level
+#: and overflows the stack (a crash, not an exception) at some tens of thousands of levels.
+MAX_SCANNED_DEPTH = 1_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
+YAML_SUFFIXES = (".yaml", ".yml")
+
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_scalar_constructor = yaml.constructor.SafeConstructor()
+
+
+@dataclass(frozen=True)
+class SourceDocument:
+    """One YAML document with the positions of its keys and values, addressed by JSON path."""
+
+    file: str
+    index: int
+    content: Any
+    value_positions: Mapping[JsonPath, Position] = field(repr=False)
+    key_positions: Mapping[JsonPath, Position] = field(repr=False)
+
+    @property
+    def start(self) -> Position:
+        return self.value_positions[()]
+
+    def value_position(self, path: Sequence[str | int]) -> Position:
+        """Where the value at `path` is, or its nearest ancestor when the value is absent."""
+        return self._nearest(tuple(path), self.value_positions)
+
+    def key_position(self, path: Sequence[str | int]) -> Position:
+        """Where the key naming `path` is; for list items and the root, where the value is."""
+        key = tuple(path)
+        if key in self.key_positions:
+            return self.key_positions[key]
+        return self.value_position(key)
+
+    def _nearest(self, path: JsonPath, table: Mapping[JsonPath, Position]) -> Position:
+        while path not in table:
+            path = path[:-1]
+        return table[path]
+
+
+class _DocumentTooLargeError(Exception):
+    def __init__(self, position: Position, reason: str) -> None:
+        super().__init__(reason)
+        self.position = position
+        self.reason = reason
+
+
+class _Builder:
+    """Turns one composed node graph into plain values, recording positions and collecting problems."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.values: dict[JsonPath, Position] = {}
+        self.keys: dict[JsonPath, Position] = {}
+        self.diagnostics: list[Diagnostic] = []
+        self.visited = 0
+
+    def position(self, mark: Any) -> Position:
+        return Position(self.file, mark.line + 1, mark.column + 1)
+
+    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES_PER_DOCUMENT:
+            raise _DocumentTooLargeError(
+                self.position(node.start_mark),
+                f"document expands to more than {MAX_NODES_PER_DOCUMENT} values; "
+                "remove nested YAML aliases (*name) or split the document",
+            )
+        if len(path) > MAX_DEPTH:
+            raise _DocumentTooLargeError(
+                self.position(node.start_mark), f"document is nested deeper than {MAX_DEPTH} levels"
+            )
+        self.values[path] = self.position(node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key_position = self.position(key_node.start_mark)
+            if key_node.tag == _MERGE_TAG:
+                self.diagnostics.append(
+                    Diagnostic(
+                        Level.ERROR,
+                        key_position,
+                        "yaml-merge-key",
+                        "YAML merge keys (<<) are not supported (Kubernetes "
+                        "does not read them either); write the keys out",
+                    )
+                )
+                continue
+            key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                self.diagnostics.append(
+                    Diagnostic(Level.ERROR, key_position, "yaml-key", "mapping keys must be strings")
+                )
+                continue
+            if key in result:
+                first = self.keys[(*path, key)]
+                self.diagnostics.append(
+                    Diagnostic(
+                        Level.ERROR,
+                        key_position,
+                        "yaml-duplicate-key",
+                        f'duplicate key "{key}" (first defined at line {first.line}); remove one of them',
+                    )
+                )
+                continue
+            self.keys[(*path, key)] = key_position
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        if node.tag == _STR_TAG:  # most scalars: no constructor call needed
+            return node.value
+        try:
+            value = _scalar_constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, KeyError, OverflowError):
+            self.diagnostics.append(
+                Diagnostic(
+                    Level.ERROR,
+                    self.position(node.start_mark),
+                    "yaml-value",
+                    f"cannot read {node.value!r} as {node.tag}; remove the tag or quote the value",
+                )
+            )
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.diagnostics.append(
+                Diagnostic(
+                    Level.ERROR,
+                    self.position(node.start_mark),
+                    "yaml-value",
+                    f'"{node.value}" is not representable in JSON; quote it if a string is meant',
+                )
+            )
+            return None
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        # Timestamps, binary and other YAML-only types: keep the text the user wrote.
+        return str(node.value)
+
+
+@dataclass
+class LoadResult:
+    documents: list[SourceDocument] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def _decode(data: bytes, file: str) -> str | Diagnostic:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        column = len(data[line_start : error.start].decode("utf-8", errors="replace")) + 1
+        return Diagnostic(
+            Level.ERROR,
+            Position(file, line, column),
+            "encoding",
+            f"file is not valid UTF-8 (byte 0x{data[error.start]:02x}); save it as UTF-8",
+        )
+
+
+def nesting_bound(text: str) -> int:
+    """An upper bound on how deeply `text` nests: indentation plus indicators plus open flow brackets.
+
+    Quotes are tracked roughly (no escapes); overcounting only sends odd text to the depth error.
+    """
+    deepest, flow = 0, 0
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        indicators = 0
+        while stripped[:2] in ("- ", "? ", ": ") or stripped == "-":
+            indicators += 1
+            stripped = stripped[2:].lstrip(" ")
+        quote = ""
+        if not flow and not any(bracket in stripped for bracket in "[{"):
+            deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators)
+            continue
+        for char in stripped:
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char in "[{":
+                flow += 1
+            elif char in "]}":
+                flow = max(flow - 1, 0)
+            elif char == "#":
+                break
+        deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators + flow)
+    return deepest
+
+
+def load_text(text: str, file: str) -> LoadResult:
+    """Parse every document of one YAML text."""
+    result = LoadResult()
+    if nesting_bound(text) > MAX_SCANNED_DEPTH:
+        result.diagnostics.append(
+            Diagnostic(
+                Level.ERROR,
+                Position(file, 1, 1),
+                "yaml-too-large",
+                f"YAML is nested more than {MAX_SCANNED_DEPTH} levels deep",
+            )
+        )
+        return result
+    stream = yaml.compose_all(text, Loader=_SafeLoader)
+    index = 0
+    while True:
+        try:
+            node = next(stream)
+        except StopIteration:
+            break
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            position = Position(file, mark.line + 1, mark.column + 1) if mark else Position(file, 1, 1)
+            problem = " ".join(part for part in (error.context, error.problem) if part)
+            result.diagnostics.append(
+                Diagnostic(Level.ERROR, position, "yaml-syntax", f"invalid YAML: {problem or error}")
+            )
+            break
+        except RecursionError:
+            result.diagnostics.append(
+                Diagnostic(Level.ERROR, Position(file, 1, 1), "yaml-too-large", "YAML is nested too deeply")
+            )
+            break
+        if node is None or (
+            isinstance(node, yaml.ScalarNode)
+            and node.tag == _NULL_TAG
+            and node.value in ("", "~", "null", "Null", "NULL")
+        ):
+            continue
+        builder = _Builder(file)
+        try:
+            content = builder.build(node, ())
+        except _DocumentTooLargeError as error:
+            result.diagnostics.append(Diagnostic(Level.ERROR, error.position, "yaml-too-large", error.reason))
+            index += 1
+            continue
+        result.diagnostics.extend(builder.diagnostics)
+        result.documents.append(SourceDocument(file, index, content, builder.values, builder.keys))
+        index += 1
+    return result
+
+
+def load_file(path: Path, display: str | None = None) -> LoadResult:
+    """Read and parse one file; unreadable files are I/O errors, bad content becomes diagnostics."""
+    file = display or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{file}: cannot read: {error.strerror or error}") from error
+    text = _decode(data, file)
+    if isinstance(text, Diagnostic):
+        return LoadResult(diagnostics=[text])
+    return load_text(text, file)
+
+
+def discover(paths: Sequence[Path]) -> Iterator[Path]:
+    """Yield YAML files under each path, in a stable order; a missing path is an I/O error."""
+    seen: set[Path] = set()
+    for root in paths:
+        if not root.exists():
+            raise InputError(f"{root}: no such file or directory")
+        # A file named on the command line is read whatever its suffix; folders contribute YAML files.
+        candidates = (
+            [root]
+            if root.is_file()
+            else sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
+        )
+        for candidate in candidates:
+            if candidate.resolve() not in seen:
+                seen.add(candidate.resolve())
+                yield candidate
+
+
+def load_paths(paths: Sequence[Path]) -> LoadResult:
+    """Load every YAML document under the given files and directories."""
+    total = LoadResult()
+    for file in discover(paths):
+        loaded = load_file(file)
+        total.documents.extend(loaded.documents)
+        total.diagnostics.extend(loaded.diagnostics)
+    return total

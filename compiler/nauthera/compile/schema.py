@@ -1,0 +1,213 @@
+"""The CRDs under deploy/crds are the one source of truth for resource shapes.
+
+From each CRD's structural schema we derive a strict JSON Schema (unknown fields rejected, as kubectl's
+strict field validation does) that validates policies here and AuthClients inside OPA (`json.match_schema`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, cast
+
+import fastjsonschema
+import jsonschema
+import yaml
+
+from nauthera.compile.diagnostics import Diagnostic, Level
+from nauthera.compile.loading import JsonPath, SourceDocument
+
+GROUP = "auth.nauthera.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Only the parts of ObjectMeta we read are typed; the rest (uid, annotations, managedFields, ...) is
+#: what the API server adds to every object, so it must not fail a document (OPA admission, Gatekeeper).
+_METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "required": ["name", "namespace"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string", "minLength": 1},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+_JSON_TYPES = {
+    "array": "a list",
+    "object": "a mapping",
+    "string": "a string",
+    "boolean": "true or false",
+    "integer": "an integer",
+    "number": "a number",
+    "null": "null",
+}
+
+
+@dataclass(frozen=True)
+class ResourceSchema:
+    """One kind's schema: the CRD's own and the strict JSON Schema derived from it."""
+
+    kind: str
+    openapi: Mapping[str, Any]
+    strict: Mapping[str, Any]
+
+
+def strict_json_schema(node: Mapping[str, Any]) -> dict[str, Any]:
+    """Close objects that list their properties, make `set` lists unique, drop documentation keywords."""
+    result: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "x-kubernetes-list-type" and value == "set":
+            result["uniqueItems"] = True
+        if key.startswith("x-kubernetes-") or key in ("description", "default"):
+            continue
+        if key == "properties":
+            result[key] = {name: strict_json_schema(child) for name, child in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
+            result[key] = strict_json_schema(value)
+        else:
+            result[key] = value
+    if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        result.setdefault("additionalProperties", False)
+    return result
+
+
+def _with_metadata(openapi: Mapping[str, Any]) -> dict[str, Any]:
+    """Kubernetes validates metadata itself; outside a cluster we check the parts we rely on."""
+    schema = dict(openapi)
+    schema["properties"] = {**schema.get("properties", {}), "metadata": _METADATA_SCHEMA}
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+    schema["properties"]["apiVersion"] = {"type": "string", "enum": [API_VERSION]}
+    return schema
+
+
+@cache
+def load_schemas() -> dict[str, ResourceSchema]:
+    """Read the packaged CRDs once; a CRD without a v1alpha1 schema is a packaging bug."""
+    schemas: dict[str, ResourceSchema] = {}
+    folder = resources.files("nauthera").joinpath("crds")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        crd = yaml.safe_load(entry.read_text(encoding="utf-8"))
+        kind = crd["spec"]["names"]["kind"]
+        version = next(v for v in crd["spec"]["versions"] if v["name"] == VERSION)
+        openapi = version["schema"]["openAPIV3Schema"]
+        schemas[kind] = ResourceSchema(kind, openapi, strict_json_schema(_with_metadata(openapi)))
+    return schemas
+
+
+def client_json_schema() -> dict[str, Any]:
+    """The AuthClient schema that the generated Rego evaluates with `json.match_schema`.
+
+    (A rule table walked in plain Rego was tried instead: it cost 0.6 ms a decision against 0.35 ms.)
+    """
+    copied: dict[str, Any] = json.loads(json.dumps(load_schemas()["AuthClient"].strict))
+    return copied
+
+
+def display_path(path: Sequence[str | int]) -> str:
+    """`spec.redirectUris.allowedHosts[0]`: the way a user navigates their YAML."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(document)"
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f'; did you mean "{match[0]}"?' if match else ""
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return str(value)
+
+
+def _schema_diagnostics(error: jsonschema.ValidationError, doc: SourceDocument) -> Iterator[Diagnostic]:
+    path: JsonPath = tuple(error.absolute_path)
+    where = display_path(path)
+    # jsonschema types these as possibly unset; a reported error always carries them.
+    validator, expected, schema = error.validator, cast(Any, error.validator_value), cast(Any, error.schema)
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(schema.get("properties", {}))
+        for extra in sorted(set(error.instance) - set(known)):
+            hint = did_you_mean(extra, known) or (f" (known fields: {', '.join(known)})" if known else "")
+            yield Diagnostic(
+                Level.ERROR,
+                doc.key_position((*path, extra)),
+                "unknown-field",
+                f'unknown field "{extra}" in {where}{hint}',
+            )
+        return
+    position = doc.value_position(path)
+    if validator == "type":
+        wanted = " or ".join(
+            _JSON_TYPES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected)
+        )
+        message = f"{where} must be {wanted}, not {_describe(error.instance)}"
+        yield Diagnostic(Level.ERROR, position, "schema-type", message)
+    elif validator == "enum":
+        choices = [str(c) for c in expected]
+        hint = did_you_mean(str(error.instance), choices)
+        message = f"{where}: {_describe(error.instance)} is not one of {', '.join(choices)}{hint}"
+        yield Diagnostic(Level.ERROR, position, "schema-enum", message)
+    elif validator == "uniqueItems" and isinstance(error.instance, list):
+        seen: dict[str, int] = {}
+        for index, item in enumerate(error.instance):
+            marker = json.dumps(item, sort_keys=True)
+            if marker in seen:
+                yield Diagnostic(
+                    Level.ERROR,
+                    doc.value_position((*path, index)),
+                    "duplicate-value",
+                    f"{where} lists {_describe(item)} twice (also at index {seen[marker]}); "
+                    "remove the repeat",
+                )
+            seen.setdefault(marker, index)
+    elif validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        yield Diagnostic(
+            Level.ERROR, position, "schema-required", f'{where} is missing the required field "{missing}"'
+        )
+    else:
+        yield Diagnostic(Level.ERROR, position, f"schema-{validator}", f"{where}: {error.message}")
+
+
+@cache
+def _compiled_check(kind: str) -> Callable[[Any], Any]:
+    return cast(Callable[[Any], Any], fastjsonschema.compile(dict(load_schemas()[kind].strict)))
+
+
+@cache
+def _explaining_validator(kind: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(load_schemas()[kind].strict)
+
+
+def validate_document(doc: SourceDocument, resource: ResourceSchema) -> list[Diagnostic]:
+    """Every schema problem in one document, each pointing at its key or value.
+
+    A compiled validator clears the common case (a valid document) about 20x faster; jsonschema, which
+    reports every error with its path, runs only on documents that fail.
+    """
+    try:
+        _compiled_check(resource.kind)(doc.content)
+    except fastjsonschema.JsonSchemaException:
+        pass
+    else:
+        return []
+    errors = _explaining_validator(resource.kind).iter_errors(doc.content)
+    return [d for error in errors for d in _schema_diagnostics(error, doc)]

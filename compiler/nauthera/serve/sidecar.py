@@ -1,0 +1,181 @@
+"""The sidecar: compile on start and on every change, publish only good compiles, serve them to OPA.
+
+A change that does not compile is never published; the last good revision keeps being served and the
+failure shows in the log, in `nauthera_compile_failures_total` and in `/readyz`'s detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from opa_client.errors import PolicyNotFoundError
+from opa_client.opa import OpaClient
+from watchfiles import Change, awatch
+
+from nauthera.compile.diagnostics import Level
+from nauthera.compile.loading import YAML_SUFFIXES
+from nauthera.errors import NautheraError
+from nauthera.serve.server import ServerState
+from nauthera.targets.base import CompileOptions
+from nauthera.targets.opa.bundle import read_bundle
+from nauthera.targets.outputs import compile_policies
+
+log = logging.getLogger("nauthera.sidecar")
+_WATCHED_SUFFIXES = (*YAML_SUFFIXES, ".rego")
+#: Where a pushed OPA records which revision it holds, beside (not inside) the bundle's root.
+PUSH_MARKER = "nauthera_sidecar"
+
+
+@dataclass
+class CompileStatus:
+    ok: bool = False
+    revision: str | None = None
+    at: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def _relevant(change: Change, path: str) -> bool:
+    """Policy files only; editors' swap files and `.git` internals are noise."""
+    del change
+    name = Path(path).name
+    return name.endswith(_WATCHED_SUFFIXES) and not name.startswith(".") and "/.git/" not in path
+
+
+class OpaPusher:
+    """Loads policy and data into one OPA over its REST API (opa-python-client), for setups without
+    bundle polling, and loads them again when that OPA comes back empty after a restart."""
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise NautheraError(f"--push-to {url!r}: expected a URL like http://127.0.0.1:8181")
+        self.url = url
+        self.client = OpaClient(
+            host=parts.hostname,
+            port=parts.port or 8181,
+            ssl=parts.scheme == "https",
+            token=token,
+            timeout=5.0,
+        )
+
+    def holds(self, revision: str, modules: Sequence[str]) -> bool:
+        """Whether the OPA has this revision: the marker (written last) and every module. Checking the
+        modules too catches an OPA that restarted mid-push and got only the marker."""
+        try:
+            marker = self.client.get_data(PUSH_MARKER)["result"]
+            loaded = set(self.client.get_policies_list())
+        except (PolicyNotFoundError, requests.RequestException, ValueError, KeyError, TypeError):
+            return False
+        return isinstance(marker, dict) and marker.get("revision") == revision and set(modules) <= loaded
+
+    def push(self, bundle: Path, revision: str) -> None:
+        files = read_bundle(bundle)
+        self._push_modules({name: c.decode() for name, c in files.items() if name.endswith(".rego")})
+        self.client.update_or_create_data(json.loads(files["nauthera/data.json"]), "nauthera")
+        self.client.update_or_create_data({"revision": revision}, PUSH_MARKER)
+        log.info("pushed revision %s to %s", revision, self.url)
+
+    def _push_modules(self, modules: dict[str, str]) -> None:
+        """OPA compiles each PUT against the modules it already has, so a module whose imports are not
+        there yet is retried after the others: rounds until everything is in or nothing moves."""
+        pending = dict(sorted(modules.items()))
+        while pending:
+            refused: dict[str, str] = {}
+            last_error: Exception | None = None
+            for name, text in pending.items():
+                try:
+                    self.client.update_policy_from_string(text, name, rego_compat=False)
+                except Exception as error:  # opa-python-client raises bare error types of its own
+                    refused[name], last_error = text, error
+            if len(refused) == len(pending) and last_error is not None:
+                raise last_error
+            pending = refused
+
+
+class Sidecar:
+    def __init__(
+        self,
+        sources: Sequence[Path],
+        state: ServerState,
+        channel: str,
+        pusher: OpaPusher | None = None,
+        debounce: float = 0.2,
+    ) -> None:
+        self.sources = list(sources)
+        self.state = state
+        self.channel = channel
+        self.pusher = pusher
+        self.debounce = debounce
+        self.status = CompileStatus()
+
+    def readiness(self) -> dict[str, Any]:
+        return {"last_compile": asdict(self.status)}
+
+    def compile_and_publish(self) -> CompileStatus:
+        """Compile the sources; publish to the channel only when the compile is clean."""
+        started = time.time()
+        with tempfile.TemporaryDirectory(prefix="nauthera-sidecar-") as scratch:
+            try:
+                result = compile_policies(CompileOptions(paths=self.sources, out=Path(scratch) / "out"))
+            except NautheraError as error:
+                return self._failed(started, [str(error)])
+            if not result.ok or result.bundle is None:
+                errors = [
+                    f"{d.position}: {d.message} [{d.code}]"
+                    for d in result.diagnostics
+                    if d.level is Level.ERROR
+                ]
+                return self._failed(started, errors)
+            info = self.state.store.publish(result.bundle, self.channel, message="sidecar compile")
+        self.status = CompileStatus(True, info.revision, started, [])
+        self.state.watcher.notify(self.channel)
+        log.info(
+            "compiled %d policies; channel %s serves %s", len(result.policies), self.channel, info.revision
+        )
+        return self.status
+
+    def _failed(self, started: float, errors: list[str]) -> CompileStatus:
+        self.state.metrics.compile_failures.inc()
+        self.status = CompileStatus(
+            False, self.state.store.channel_revision(self.channel), started, errors[:50]
+        )
+        for error in errors[:20]:
+            log.error("compile failed, still serving the last good revision: %s", error)
+        return self.status
+
+    async def watch(self) -> None:
+        async for _ in awatch(
+            *self.sources,
+            watch_filter=_relevant,
+            debounce=int(self.debounce * 1000),
+            step=20,
+            rust_timeout=1000,
+        ):
+            await asyncio.to_thread(self.compile_and_publish)
+
+    async def keep_opa_loaded(self, interval: float = 1.0) -> None:
+        """Push on every new revision, and again whenever the OPA lost what it had (a restart)."""
+        assert self.pusher is not None
+        while True:
+            revision = self.state.store.channel_revision(self.channel)
+            if revision:
+                try:
+                    bundle = self.state.store.bundle_path(revision)
+                    modules = [name for name in read_bundle(bundle) if name.endswith(".rego")]
+                    if not await asyncio.to_thread(self.pusher.holds, revision, modules):
+                        await asyncio.to_thread(self.pusher.push, bundle, revision)
+                except (requests.RequestException, NautheraError, OSError) as error:
+                    log.warning("cannot push to %s yet: %s", self.pusher.url, error)
+                except Exception as error:  # opa-python-client raises bare error types of its own
+                    log.warning("OPA at %s refused the push: %s", self.pusher.url, error)
+            await asyncio.sleep(interval)

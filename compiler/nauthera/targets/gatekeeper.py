@@ -1,0 +1,529 @@
+"""Gatekeeper target: ConstraintTemplates, one Constraint per AuthPolicy, and gator suites.
+
+The checks are not translated: the shared library (`checks.rego.j2`) that the OPA bundle uses is
+rendered as `lib.nauthera` and shipped in each template's `libs`, and every Constraint's `parameters`
+are exactly the `policy_parameters` the OPA bundle carries as data, so both targets decide alike.
+
+`match` only narrows what Gatekeeper sends to the Rego, never what a policy governs: it carries the
+targets Gatekeeper can express with the same meaning (exact and `prefix*` namespaces, valid label
+selectors); the Rego re-checks every target with `targets_match`, including the parts left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nauthera.compile.model import Policy
+from nauthera.compile.patterns import PatternSet
+from nauthera.compile.schema import GROUP, client_json_schema
+from nauthera.targets.base import CompileOptions, StagedOutput, write_tree
+from nauthera.targets.fixtures import COMPLIANT, policy_fixtures, schema_fixture
+from nauthera.targets.parameters import policy_parameters
+from nauthera.targets.rego import render_template
+
+LIB_PACKAGE = "lib.nauthera"
+TEMPLATE_API = "templates.gatekeeper.sh/v1"
+CONSTRAINT_API = "constraints.gatekeeper.sh/v1beta1"
+SUITE_API = "test.gatekeeper.sh/v1alpha1"
+TARGET = "admission.k8s.gatekeeper.sh"
+MATCH_KINDS = [{"apiGroups": [GROUP], "kinds": ["AuthClient"]}]
+#: On every object nauthera generates, so `kubectl apply --prune -l ...` can remove retired ones.
+MANAGED_BY = {"app.kubernetes.io/managed-by": "nauthera"}
+
+POLICY_KIND = "NautheraAuthClientPolicy"
+GOVERNED_KIND = "NautheraAuthClientGoverned"
+GOVERNED_CONSTRAINT = "nauthera-authclient-governed"
+TEMPLATES_DIR = "templates"
+CONSTRAINTS_DIR = "constraints"
+#: Suite folders beside the per-policy ones, which are named after Constraints: those always hold
+#: a `-` and never start with `_`, so neither name can clash with a policy's folder.
+GOVERNED_SUITE_DIR = "_governed"
+SUITE_TEMPLATES_DIR = "templates"
+#: Gatekeeper refuses Constraint names longer than a label value (frameworks PR #92).
+MAX_NAME = 63
+_HASH_LENGTH = 8
+#: What a Constraint name may be: a DNS subdomain that is also a label value.
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+#: An exact name or `prefix*` that the Constraint CRD accepts in match.namespaces (which allows
+#: `^\*?[-:a-z0-9]*\*?$`), or `*` alone.
+_GATEKEEPER_NAMESPACE = re.compile(r"^([-:a-z0-9]+\*?|\*)$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+class _Emitter(yaml.emitter.Emitter):
+    """PyYAML's emitter, except that tab-indented text (Rego) may still be a literal block."""
+
+    def analyze_scalar(self, scalar: str) -> yaml.emitter.ScalarAnalysis:
+        if "\t" not in scalar or not _literal_block(scalar):
+            return super().analyze_scalar(scalar)
+        analysis = super().analyze_scalar(scalar.replace("\t", " "))
+        analysis.scalar = scalar
+        return analysis
+
+
+class _Dumper(_Emitter, yaml.serializer.Serializer, yaml.representer.SafeRepresenter, yaml.resolver.Resolver):
+    def __init__(self, stream: Any, **options: Any) -> None:
+        _Emitter.__init__(self, stream, width=options.get("width"), allow_unicode=True)
+        yaml.serializer.Serializer.__init__(self)
+        yaml.representer.SafeRepresenter.__init__(self, default_flow_style=False, sort_keys=True)
+        yaml.resolver.Resolver.__init__(self)
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _literal_block(text: str) -> bool:
+    """Source code that reads back exactly from a `|` block: no odd whitespace or control characters."""
+    lines = text.split("\n")[:-1]
+    return (
+        len(lines) > 1
+        and text.endswith("\n")
+        and not text.endswith("\n\n")
+        and not text[0].isspace()
+        and all(line == line.rstrip() and line.replace("\t", " ").isprintable() for line in lines)
+    )
+
+
+#: Strings that may stay unquoted. PyYAML quotes what *it* would read as another type, but kubectl
+#: and gator read YAML with go-yaml, which also takes `y`/`n` for booleans and `0o17`/`1e3` for
+#: numbers; so anything not plainly a word (or a word go-yaml reads as bool or null) is quoted.
+_PLAIN = re.compile(r"^[A-Za-z_][-A-Za-z0-9_.:/@]*$")
+_YAML_WORDS = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null"})
+
+
+def _represent_str(dumper: _Dumper, text: str) -> yaml.ScalarNode:
+    if _literal_block(text):
+        style: str | None = "|"
+    elif not _PLAIN.match(text) or text.lower() in _YAML_WORDS:
+        style = "'"
+    else:
+        style = None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _document(value: Mapping[str, Any]) -> bytes:
+    """Stable YAML: sorted keys, block style, no aliases, Rego as literal blocks; JSON-exact on reload."""
+    text = yaml.dump(value, Dumper=_Dumper, width=1_000_000)
+    if yaml.load(text, Loader=_Loader) != value:  # pragma: no cover - the emitter refused a literal block
+        text = yaml.safe_dump(value, sort_keys=True, width=1_000_000)
+    return text.encode()
+
+
+# --- ConstraintTemplates ---------------------------------------------------------------------------
+
+
+def _string() -> dict[str, Any]:
+    return {"type": "string"}
+
+
+def _strings() -> dict[str, Any]:
+    return {"type": "array", "items": _string()}
+
+
+def _object(properties: Mapping[str, Any], description: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": dict(properties)}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _pattern_set_schema(description: str) -> dict[str, Any]:
+    return _object(
+        {"patterns": _strings(), "exact": _strings(), "regexes": _strings()},
+        f"{description}: the source globs, the entries without `*`, and the globs as anchored RE2.",
+    )
+
+
+def targets_schema() -> dict[str, Any]:
+    requirement = _object({"key": _string(), "operator": _string(), "values": _strings()})
+    return _object(
+        {
+            "types": _strings(),
+            "namespaces": _pattern_set_schema("targets.namespaces"),
+            "excluded_namespaces": _pattern_set_schema("targets.excludedNamespaces"),
+            "match_labels": {"type": "object", "additionalProperties": _string()},
+            "match_expressions": {"type": "array", "items": requirement},
+        },
+        "The policy's targets; an absent key matches every client.",
+    )
+
+
+def policy_parameters_schema() -> dict[str, Any]:
+    """The OpenAPI v3 schema of `policy_parameters(policy)`: typed, so the API server checks it."""
+    limit = _object({"max_ns": {"type": "integer", "format": "int64"}, "max": _string()})
+    return _object(
+        {
+            "id": _string(),
+            "action": {"type": "string", "enum": ["deny", "warn", "dryrun"]},
+            "targets": targets_schema(),
+            "token": {
+                "type": "object",
+                "description": "Maximum TTL per field (token.accessTokenTTL, ...), in ns and as written.",
+                "additionalProperties": limit,
+            },
+            "enforce_pkce": {"type": "boolean"},
+            "allowed_grant_types": _strings(),
+            "required_scopes": _strings(),
+            "allowed_response_types": _strings(),
+            "allowed_auth_methods": _strings(),
+            "allowed_scopes": _pattern_set_schema("allowedScopes"),
+            "redirects": _object(
+                {
+                    "require_https": {"type": "boolean"},
+                    "allow_loopback": {"type": "boolean"},
+                    "forbid_wildcards": {"type": "boolean"},
+                    "allowed_hosts": _pattern_set_schema("redirectUris.allowedHosts"),
+                }
+            ),
+        },
+        "One AuthPolicy, as compiled by nauthera (render.policy_parameters).",
+    )
+
+
+def governed_parameters_schema() -> dict[str, Any]:
+    entry = _object({"id": _string(), "targets": targets_schema()})
+    return _object(
+        {"fail_closed": {"type": "boolean"}, "policies": {"type": "array", "items": entry}},
+        "Every AuthPolicy's targets, and whether an AuthClient none of them governs is denied.",
+    )
+
+
+def render_lib() -> str:
+    return render_template("checks.rego.j2", lib_package=LIB_PACKAGE)
+
+
+def render_template_rego(template: str) -> str:
+    return render_template(template, schema=client_json_schema())
+
+
+def _constraint_template(
+    kind: str, rego_template: str, parameters: dict[str, Any], about: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": TEMPLATE_API,
+        "kind": "ConstraintTemplate",
+        "metadata": {
+            "name": kind.lower(),
+            "labels": dict(MANAGED_BY),
+            "annotations": {"description": about, "metadata.gatekeeper.sh/version": "1.0.0"},
+        },
+        "spec": {
+            "crd": {"spec": {"names": {"kind": kind}, "validation": {"openAPIV3Schema": parameters}}},
+            "targets": [
+                {
+                    "target": TARGET,
+                    "code": [
+                        {
+                            "engine": "Rego",
+                            "source": {
+                                "version": "v1",
+                                "rego": render_template_rego(rego_template),
+                                "libs": [render_lib()],
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def constraint_templates() -> dict[str, dict[str, Any]]:
+    return {
+        POLICY_KIND: _constraint_template(
+            POLICY_KIND,
+            "gatekeeper_policy.rego.j2",
+            policy_parameters_schema(),
+            "Generated by nauthera: one Constraint per AuthPolicy; its AuthClient violations.",
+        ),
+        GOVERNED_KIND: _constraint_template(
+            GOVERNED_KIND,
+            "gatekeeper_governed.rego.j2",
+            governed_parameters_schema(),
+            "Generated by nauthera: AuthClients that break their schema or that no AuthPolicy governs.",
+        ),
+    }
+
+
+# --- Constraints -----------------------------------------------------------------------------------
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:_HASH_LENGTH]
+
+
+def _plain_name(policy: Policy) -> str:
+    return f"{policy.namespace}-{policy.name}"
+
+
+def _hashed_name(policy: Policy) -> str:
+    stem = _plain_name(policy)[: MAX_NAME - _HASH_LENGTH - 1].rstrip("-.")
+    return f"{stem}-{_short_hash(policy.id)}"
+
+
+def constraint_names(policies: Sequence[Policy]) -> dict[str, str]:
+    """Policy id → Constraint name: `<namespace>-<name>`, hashed when too long or ambiguous.
+
+    `a-b/c` and `a/b-c` would both read `a-b-c`; such pairs (and names over 63 characters) get a
+    suffix from the policy id instead, so every name is unique and a valid Constraint name.
+    """
+    plain: dict[str, list[str]] = {}
+    for policy in policies:
+        plain.setdefault(_plain_name(policy), []).append(policy.id)
+    names: dict[str, str] = {}
+    for policy in sorted(policies, key=lambda p: p.id):
+        name = _plain_name(policy)
+        if len(name) > MAX_NAME or len(plain[name]) > 1 or not _NAME.match(name):
+            name = _hashed_name(policy)
+        names[policy.id] = name
+    if len(set(names.values())) != len(names):  # pragma: no cover - a sha256 prefix collision
+        raise ValueError("two AuthPolicies map to the same Constraint name")
+    return names
+
+
+def _gatekeeper_namespaces(patterns: PatternSet | None) -> list[str] | None:
+    """The globs as Gatekeeper namespace matchers, or None when one of them has no exact equivalent.
+
+    Gatekeeper reads a trailing `*` as a prefix match and a name without `*` literally, which is
+    what the SPEC glob means for those two forms. A `*` anywhere else, or a character the Constraint
+    CRD refuses, leaves the whole list to the Rego.
+    """
+    if patterns is None or not patterns.source:
+        return None
+    if not all(_GATEKEEPER_NAMESPACE.match(pattern) for pattern in patterns.source):
+        return None
+    return sorted(patterns.source)
+
+
+def _valid_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(_LABEL_NAME.match(name))
+
+
+def _valid_label_value(value: str) -> bool:
+    return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
+
+
+def _label_selector(policy: Policy) -> dict[str, Any] | None:
+    """The clientSelector as a Kubernetes label selector, or None when Gatekeeper would refuse it."""
+    t = policy.targets
+    keys = [k for k, _ in t.match_labels] + [e.key for e in t.match_expressions]
+    values = [v for _, v in t.match_labels] + [v for e in t.match_expressions for v in e.values]
+    if not keys or not all(map(_valid_label_key, keys)) or not all(map(_valid_label_value, values)):
+        return None
+    selector: dict[str, Any] = {}
+    if t.match_labels:
+        selector["matchLabels"] = dict(t.match_labels)
+    if t.match_expressions:
+        selector["matchExpressions"] = [
+            {"key": e.key, "operator": e.operator, **({"values": list(e.values)} if e.values else {})}
+            for e in t.match_expressions
+        ]
+    return selector
+
+
+def policy_match(policy: Policy) -> dict[str, Any]:
+    """What Gatekeeper can pre-filter for this policy; the Rego re-checks all of the targets."""
+    match: dict[str, Any] = {"kinds": MATCH_KINDS, "scope": "Namespaced"}
+    namespaces = _gatekeeper_namespaces(policy.targets.namespaces)
+    if namespaces is not None:
+        match["namespaces"] = namespaces
+    excluded = _gatekeeper_namespaces(policy.targets.excluded_namespaces)
+    if excluded is not None:
+        match["excludedNamespaces"] = excluded
+    selector = _label_selector(policy)
+    if selector is not None:
+        match["labelSelector"] = selector
+    return match
+
+
+def policy_constraint(policy: Policy, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": CONSTRAINT_API,
+        "kind": POLICY_KIND,
+        "metadata": {
+            "name": name,
+            "labels": dict(MANAGED_BY),
+            "annotations": {"auth.nauthera.io/policy": policy.id},
+        },
+        "spec": {
+            "enforcementAction": policy.enforcement_action,
+            "match": policy_match(policy),
+            "parameters": policy_parameters(policy),
+        },
+    }
+
+
+def governed_constraint(policies: Sequence[Policy], fail_closed: bool) -> dict[str, Any]:
+    entries = [
+        {"id": p.id, "targets": policy_parameters(p)["targets"]} for p in sorted(policies, key=lambda p: p.id)
+    ]
+    return {
+        "apiVersion": CONSTRAINT_API,
+        "kind": GOVERNED_KIND,
+        "metadata": {"name": GOVERNED_CONSTRAINT, "labels": dict(MANAGED_BY)},
+        "spec": {
+            "enforcementAction": "deny",
+            "match": {"kinds": MATCH_KINDS},
+            "parameters": {"fail_closed": fail_closed, "policies": entries},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class GatekeeperObjects:
+    templates: dict[str, dict[str, Any]]
+    #: Constraint name → Constraint, for the per-policy constraints.
+    constraints: dict[str, dict[str, Any]]
+    governed: dict[str, Any]
+
+
+def gatekeeper_objects(policies: Sequence[Policy], fail_closed: bool) -> GatekeeperObjects:
+    names = constraint_names(policies)
+    constraints = {names[p.id]: policy_constraint(p, names[p.id]) for p in policies}
+    return GatekeeperObjects(
+        constraint_templates(), dict(sorted(constraints.items())), governed_constraint(policies, fail_closed)
+    )
+
+
+def render_gatekeeper(policies: Sequence[Policy], fail_closed: bool) -> dict[str, bytes]:
+    """Files under DIR/gatekeeper/: only what `kubectl apply -f DIR/gatekeeper --recursive` applies."""
+    objects = gatekeeper_objects(policies, fail_closed)
+    files = {f"{TEMPLATES_DIR}/{kind.lower()}.yaml": _document(t) for kind, t in objects.templates.items()}
+    files.update(
+        {f"{CONSTRAINTS_DIR}/policy-{name}.yaml": _document(c) for name, c in objects.constraints.items()}
+    )
+    files[f"{CONSTRAINTS_DIR}/governed.yaml"] = _document(objects.governed)
+    return dict(sorted(files.items()))
+
+
+# --- gator suites ----------------------------------------------------------------------------------
+
+
+def _case_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _suite(name: str, kind: str, cases: list[dict[str, Any]]) -> bytes:
+    template = f"../{SUITE_TEMPLATES_DIR}/{kind.lower()}.yaml"
+    test: dict[str, Any] = {"name": name, "template": template, "constraint": "constraint.yaml"}
+    # A policy no client can satisfy has no fixtures; gator refuses a test without cases.
+    test.update({"cases": cases} if cases else {"skip": True})
+    return _document({"apiVersion": SUITE_API, "kind": "Suite", "metadata": {"name": name}, "tests": [test]})
+
+
+def _policy_suite(policy: Policy, name: str, objects: GatekeeperObjects) -> dict[str, bytes]:
+    """The policy's own Constraint against its fixtures: compliant → no violation, each bad one → some."""
+    files = {"constraint.yaml": _document(objects.constraints[name])}
+    cases = []
+    for index, fixture in enumerate(policy_fixtures(policy)):
+        compliant = fixture.expect == COMPLIANT
+        sample = (
+            "samples/example_allowed.yaml" if compliant else f"samples/example_disallowed_{index:02d}.yaml"
+        )
+        files[sample] = _document(fixture.client)
+        assertion: dict[str, Any] = {"violations": "no" if compliant else "yes"}
+        if not compliant:
+            assertion["message"] = re.escape(policy.id)
+        cases.append(
+            {
+                "name": "compliant" if compliant else f"violates-{_case_name(fixture.expect)}",
+                "object": sample,
+                "assertions": [assertion],
+            }
+        )
+    files["suite.yaml"] = _suite(name, POLICY_KIND, cases)
+    return files
+
+
+def _governed_suite(policies: Sequence[Policy], objects: GatekeeperObjects) -> dict[str, bytes]:
+    """The schema and fail-closed Constraint: malformed → schema violation, governed → none."""
+    malformed = schema_fixture()
+    files = {
+        "constraint.yaml": _document(objects.governed),
+        "samples/example_disallowed_schema.yaml": _document(malformed.client),
+    }
+    cases: list[dict[str, Any]] = [
+        {
+            "name": "malformed-client",
+            "object": "samples/example_disallowed_schema.yaml",
+            "assertions": [{"violations": "yes", "message": "does not match its schema"}],
+        }
+    ]
+    for policy in sorted(policies, key=lambda p: p.id):
+        fixtures = policy_fixtures(policy)
+        if not fixtures:
+            continue
+        sample = f"samples/example_allowed_{_case_name(policy.id)}.yaml"
+        files[sample] = _document(fixtures[0].client)
+        cases.append(
+            {
+                "name": f"governed-by-{_case_name(policy.id)}",
+                "object": sample,
+                "assertions": [{"violations": "no"}],
+            }
+        )
+    files["suite.yaml"] = _suite(GOVERNED_CONSTRAINT, GOVERNED_KIND, cases)
+    return files
+
+
+def render_gatekeeper_suites(policies: Sequence[Policy], fail_closed: bool = True) -> dict[str, bytes]:
+    """Files under DIR/tests/gatekeeper/, gatekeeper-library style, for `gator verify DIR/tests/...`.
+
+    One folder per policy with its Constraint and the fixtures of `policy_fixtures` (the compliant
+    client draws no violation from that Constraint, each violating client at least one), and a
+    `_governed` folder for the schema and fail-closed Constraint. The suites share one copy of the
+    templates, in `templates/`.
+    """
+    objects = gatekeeper_objects(policies, fail_closed)
+    names = constraint_names(policies)
+    files = {
+        f"{SUITE_TEMPLATES_DIR}/{kind.lower()}.yaml": _document(template)
+        for kind, template in objects.templates.items()
+    }
+    for policy in policies:
+        for path, content in _policy_suite(policy, names[policy.id], objects).items():
+            files[f"{names[policy.id]}/{path}"] = content
+    for path, content in _governed_suite(policies, objects).items():
+        files[f"{GOVERNED_SUITE_DIR}/{path}"] = content
+    return dict(sorted(files.items()))
+
+
+def gatekeeper_regos() -> dict[str, str]:
+    """Every Rego module the templates carry, at paths that mirror their packages (for the linters)."""
+    return {
+        "lib/nauthera/checks.rego": render_lib(),
+        "nautheraauthclientpolicy/violation.rego": render_template_rego("gatekeeper_policy.rego.j2"),
+        "nautheraauthclientgoverned/violation.rego": render_template_rego("gatekeeper_governed.rego.j2"),
+    }
+
+
+GATEKEEPER_DIR = Path("gatekeeper")
+GATEKEEPER_TESTS_DIR = Path("tests") / "gatekeeper"
+
+
+class GatekeeperTarget:
+    name = "gatekeeper"
+    owned: tuple[Path, ...] = (GATEKEEPER_DIR, GATEKEEPER_TESTS_DIR)
+
+    def stage(self, policies: Sequence[Policy], options: CompileOptions, staging: Path) -> StagedOutput:
+        write_tree(staging / GATEKEEPER_DIR, render_gatekeeper(policies, options.fail_closed))
+        write_tree(staging / GATEKEEPER_TESTS_DIR, render_gatekeeper_suites(policies, options.fail_closed))
+        return StagedOutput(GATEKEEPER_DIR)

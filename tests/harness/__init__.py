@@ -1,0 +1,1 @@
+"""Shared infrastructure for tests, benchmarks and demos: real processes (OPA, servers) on loopback."""
