@@ -7,6 +7,8 @@ exact positions for every node, rejects duplicate keys, and bounds the work an a
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ from nauthera.compile.diagnostics import Diagnostic, Level, Position
 from nauthera.errors import InputError
 
 JsonPath = tuple[str | int, ...]
+#: A 1-based (line, column) in the document's file; a `Position` is made only when one is reported.
+Place = tuple[int, int]
 
 #: Values one document may expand to; aliases can multiply a small file into an enormous one.
 MAX_NODES_PER_DOCUMENT = 200_000
@@ -37,33 +41,38 @@ _scalar_constructor = yaml.constructor.SafeConstructor()
 
 @dataclass(frozen=True)
 class SourceDocument:
-    """One YAML document with the positions of its keys and values, addressed by JSON path."""
+    """One YAML document with the places of its keys and values, addressed by JSON path.
+
+    Places are plain (line, column) pairs: a document records one for every node, and only the few
+    that end up in a diagnostic become `Position`s.
+    """
 
     file: str
     index: int
     content: Any
-    value_positions: Mapping[JsonPath, Position] = field(repr=False)
-    key_positions: Mapping[JsonPath, Position] = field(repr=False)
+    value_places: Mapping[JsonPath, Place] = field(repr=False)
+    key_places: Mapping[JsonPath, Place] = field(repr=False)
 
     @property
     def start(self) -> Position:
-        return self.value_positions[()]
+        return self._position(self.value_places[()])
 
     def value_position(self, path: Sequence[str | int]) -> Position:
         """Where the value at `path` is, or its nearest ancestor when the value is absent."""
-        return self._nearest(tuple(path), self.value_positions)
+        key = tuple(path)
+        while key not in self.value_places:
+            key = key[:-1]
+        return self._position(self.value_places[key])
 
     def key_position(self, path: Sequence[str | int]) -> Position:
         """Where the key naming `path` is; for list items and the root, where the value is."""
         key = tuple(path)
-        if key in self.key_positions:
-            return self.key_positions[key]
+        if key in self.key_places:
+            return self._position(self.key_places[key])
         return self.value_position(key)
 
-    def _nearest(self, path: JsonPath, table: Mapping[JsonPath, Position]) -> Position:
-        while path not in table:
-            path = path[:-1]
-        return table[path]
+    def _position(self, place: Place) -> Position:
+        return Position(self.file, place[0], place[1])
 
 
 class _DocumentTooLargeError(Exception):
@@ -78,8 +87,8 @@ class _Builder:
 
     def __init__(self, file: str) -> None:
         self.file = file
-        self.values: dict[JsonPath, Position] = {}
-        self.keys: dict[JsonPath, Position] = {}
+        self.values: dict[JsonPath, Place] = {}
+        self.keys: dict[JsonPath, Place] = {}
         self.diagnostics: list[Diagnostic] = []
         self.visited = 0
 
@@ -98,7 +107,8 @@ class _Builder:
             raise _DocumentTooLargeError(
                 self.position(node.start_mark), f"document is nested deeper than {MAX_DEPTH} levels"
             )
-        self.values[path] = self.position(node.start_mark)
+        mark = node.start_mark
+        self.values[path] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -108,12 +118,13 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key_position = self.position(key_node.start_mark)
+            mark = key_node.start_mark
+            key_place = (mark.line + 1, mark.column + 1)
             if key_node.tag == _MERGE_TAG:
                 self.diagnostics.append(
                     Diagnostic(
                         Level.ERROR,
-                        key_position,
+                        Position(self.file, *key_place),
                         "yaml-merge-key",
                         "YAML merge keys (<<) are not supported (Kubernetes "
                         "does not read them either); write the keys out",
@@ -123,21 +134,26 @@ class _Builder:
             key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
                 self.diagnostics.append(
-                    Diagnostic(Level.ERROR, key_position, "yaml-key", "mapping keys must be strings")
-                )
-                continue
-            if key in result:
-                first = self.keys[(*path, key)]
-                self.diagnostics.append(
                     Diagnostic(
                         Level.ERROR,
-                        key_position,
-                        "yaml-duplicate-key",
-                        f'duplicate key "{key}" (first defined at line {first.line}); remove one of them',
+                        Position(self.file, *key_place),
+                        "yaml-key",
+                        "mapping keys must be strings",
                     )
                 )
                 continue
-            self.keys[(*path, key)] = key_position
+            if key in result:
+                first_line = self.keys[(*path, key)][0]
+                self.diagnostics.append(
+                    Diagnostic(
+                        Level.ERROR,
+                        Position(self.file, *key_place),
+                        "yaml-duplicate-key",
+                        f'duplicate key "{key}" (first defined at line {first_line}); remove one of them',
+                    )
+                )
+                continue
+            self.keys[(*path, key)] = key_place
             result[key] = self.build(value_node, (*path, key))
         return result
 
@@ -178,7 +194,7 @@ class LoadResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
-def _decode(data: bytes, file: str) -> str | Diagnostic:
+def decode(data: bytes, file: str) -> str | Diagnostic:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -224,10 +240,24 @@ def nesting_bound(text: str) -> int:
     return deepest
 
 
+#: A run of indentation and block indicators this long, or this many flow brackets, could nest deeply.
+_DEEP_RUN = re.compile(rf"[ ?:-]{{{MAX_SCANNED_DEPTH // 2},}}")
+
+
+def _may_nest_too_deeply(text: str) -> bool:
+    """An overestimate of `nesting_bound(text) > MAX_SCANNED_DEPTH` at C speed, for the common case.
+
+    A line's indentation plus indicators is one run of spaces, `-`, `?` and `:`, and open flow
+    brackets are at most all of them: below half the limit each, the bound is below the limit.
+    """
+    brackets = text.count("[") + text.count("{")
+    return brackets >= MAX_SCANNED_DEPTH // 2 or _DEEP_RUN.search(text) is not None
+
+
 def load_text(text: str, file: str) -> LoadResult:
     """Parse every document of one YAML text."""
     result = LoadResult()
-    if nesting_bound(text) > MAX_SCANNED_DEPTH:
+    if _may_nest_too_deeply(text) and nesting_bound(text) > MAX_SCANNED_DEPTH:
         result.diagnostics.append(
             Diagnostic(
                 Level.ERROR,
@@ -283,28 +313,64 @@ def load_file(path: Path, display: str | None = None) -> LoadResult:
         data = path.read_bytes()
     except OSError as error:
         raise InputError(f"{file}: cannot read: {error.strerror or error}") from error
-    text = _decode(data, file)
+    text = decode(data, file)
     if isinstance(text, Diagnostic):
         return LoadResult(diagnostics=[text])
     return load_text(text, file)
 
 
-def discover(paths: Sequence[Path]) -> Iterator[Path]:
-    """Yield YAML files under each path, in a stable order; a missing path is an I/O error."""
-    seen: set[Path] = set()
-    for root in paths:
+def _is_yaml_name(name: str) -> bool:
+    """`Path(name).suffix` is .yaml or .yml (a name that is only the suffix, like `.yaml`, has none)."""
+    return name.endswith(YAML_SUFFIXES) and name.rfind(".") > 0
+
+
+def _yaml_files(folder: Path) -> list[tuple[tuple[str, ...], str, str]]:
+    """(relative parts, path, resolved path) of every YAML file under `folder`, sorted as paths sort.
+
+    Like `rglob`, symlinked folders are not entered (so there are no cycles) and symlinked files are.
+    Every folder walked is then a real folder under the resolved root, so only symlinked files need
+    `realpath`, which costs a system call per path component.
+    """
+    found: list[tuple[tuple[str, ...], str, str]] = []
+    pending: list[tuple[tuple[str, ...], str, str]] = [((), str(folder), str(folder.resolve()))]
+    while pending:
+        parts, current, resolved = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except PermissionError:
+            continue
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                pending.append(((*parts, entry.name), entry.path, f"{resolved}/{entry.name}"))
+            elif _is_yaml_name(entry.name) and entry.is_file():
+                real = os.path.realpath(entry.path) if entry.is_symlink() else f"{resolved}/{entry.name}"
+                found.append(((*parts, entry.name), entry.path, real))
+    found.sort()
+    return found
+
+
+def walk_paths(paths: Sequence[Path]) -> list[tuple[tuple[int, tuple[str, ...]], Path]]:
+    """YAML files under each path with their order keys: argument order, then path order within a
+    folder; a file reachable twice counts once, where it is first met. A missing path is an I/O error.
+    """
+    seen: set[str] = set()
+    found = []
+    for index, root in enumerate(paths):
         if not root.exists():
             raise InputError(f"{root}: no such file or directory")
         # A file named on the command line is read whatever its suffix; folders contribute YAML files.
-        candidates = (
-            [root]
-            if root.is_file()
-            else sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
-        )
-        for candidate in candidates:
-            if candidate.resolve() not in seen:
-                seen.add(candidate.resolve())
-                yield candidate
+        candidates = [((), str(root), str(root.resolve()))] if root.is_file() else _yaml_files(root)
+        for parts, path, resolved in candidates:
+            if resolved not in seen:
+                seen.add(resolved)
+                found.append(((index, parts), Path(path)))
+    return found
+
+
+def discover(paths: Sequence[Path]) -> Iterator[Path]:
+    """Yield YAML files under each path, in a stable order; a missing path is an I/O error."""
+    for _, path in walk_paths(paths):
+        yield path
 
 
 def load_paths(paths: Sequence[Path]) -> LoadResult:

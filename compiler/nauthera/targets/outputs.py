@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nauthera.compile.analysis import analyse
+from nauthera.compile.analysis import analyse, collector_paused
 from nauthera.compile.diagnostics import Diagnostic, Level, has_errors
 from nauthera.compile.model import Policy
 from nauthera.targets.base import CompileOptions, Target
@@ -81,6 +81,13 @@ def _publish(staging: Path, out: Path) -> None:
 def compile_policies(options: CompileOptions, on_file: Callable[[Path], None] | None = None) -> CompileResult:
     """Compile to `options.out`; on any error (or warning with fail_on_warn) nothing there changes."""
     targets = selected(options.target)
+    with collector_paused():
+        return _compile(targets, options, on_file)
+
+
+def _compile(
+    targets: list[Target], options: CompileOptions, on_file: Callable[[Path], None] | None
+) -> CompileResult:
     policies, diagnostics = analyse(options.paths, on_file)
     result = CompileResult(diagnostics=diagnostics, policies=policies)
     failing = has_errors(diagnostics) or (
