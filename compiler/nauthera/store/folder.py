@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nauthera.errors import NautheraError
-from nauthera.targets.opa.bundle import MANIFEST
+from nauthera.targets.opa.bundle import MANIFEST, policy_digest
 from nauthera.targets.opa.signing import SIGNATURES_FILE, token_header
 
 STORE_FORMAT = "nauthera-bundle-store/1"
@@ -131,7 +131,7 @@ def policy_digests(data: Mapping[str, Any]) -> dict[str, str]:
     policies = data.get("policies") if isinstance(data, Mapping) else None
     if not isinstance(policies, Mapping):
         return {}
-    return {str(pid): hashlib.sha256(_canonical(params)).hexdigest() for pid, params in policies.items()}
+    return {str(pid): policy_digest(params).hex() for pid, params in policies.items()}
 
 
 def read_bundle_bytes(content: bytes, label: str) -> dict[str, bytes]:
@@ -240,6 +240,9 @@ class BundleStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        #: Sequence number of each revision this object has seen, so a publish reads only the
+        #: metadata of revisions that appeared since (each holds a digest per policy).
+        self._sequences: dict[str, int] = {}
 
     # --- paths -----------------------------------------------------------------------------------------
 
@@ -389,11 +392,14 @@ class BundleStore:
         *,
         message: str | None = None,
         author: str | None = None,
+        facts: BundleFacts | None = None,
     ) -> RevisionInfo:
         """Record `bundle` as an immutable revision (its `.manifest` revision) and point `channel` at it.
 
         Publishing the same bytes again is a no-op (apart from moving `channel`); different bytes under an
-        existing revision id are refused.
+        existing revision id are refused. `facts`, when the caller built the bundle and knows them, saves
+        reading the bundle back (they must be what `bundle_facts` would find: a test holds the compiler
+        to that).
         """
         if channel is not None:
             check_channel_name(channel)
@@ -401,7 +407,7 @@ class BundleStore:
             content = Path(bundle).read_bytes()
         except OSError as error:
             raise StoreError(f"{bundle}: cannot read the bundle: {error.strerror or error}") from error
-        facts = bundle_facts(content, str(bundle))
+        facts = facts or bundle_facts(content, str(bundle))
         git = facts.metadata.get("nauthera", {}).get("git") if isinstance(facts.metadata, dict) else None
         commit = git.get("commit") if isinstance(git, dict) else None
         if commit and (author is None or message is None):
@@ -441,15 +447,15 @@ class BundleStore:
         author: str | None,
         message: str | None,
     ) -> RevisionInfo:
-        known = self.revisions()
+        newest = self._newest()
         parent = self.channel_revision(channel) if channel is not None else None
-        if parent is None and known:
-            parent = known[0].revision
+        if parent is None and newest:
+            parent = newest[0]
         nauthera_meta = facts.metadata.get("nauthera") if isinstance(facts.metadata, dict) else None
         compiler = nauthera_meta.get("compiler") if isinstance(nauthera_meta, dict) else None
         info = RevisionInfo(
             revision=facts.revision,
-            sequence=(known[0].sequence + 1) if known else 1,
+            sequence=(newest[1] + 1) if newest else 1,
             parent=parent,
             created=_now(),
             digest=facts.digest,
@@ -473,7 +479,20 @@ class BundleStore:
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             raise StoreError(f"{self.root}: cannot write revision {facts.revision}: {error}") from error
+        self._sequences[info.revision] = info.sequence
         return info
+
+    def _newest(self) -> tuple[str, int] | None:
+        """The revision with the highest sequence, and that sequence (reading only new metadata)."""
+        names = set(self._revision_names())
+        for gone in self._sequences.keys() - names:
+            del self._sequences[gone]
+        for name in sorted(names - self._sequences.keys()):
+            with contextlib.suppress(StoreError):  # removed by a concurrent gc
+                self._sequences[name] = self.info(name).sequence
+        if not self._sequences:
+            return None
+        return max(self._sequences.items(), key=lambda item: item[1])
 
     def _move(self, channel: str, revision: str, *, rollback: bool = False) -> str:
         """Point `channel` at `revision` (or, with rollback, at its previous one); return the new revision."""

@@ -26,8 +26,34 @@ class Fixture:
     expect: str
     client: dict[str, Any]
 
-    def as_data(self) -> dict[str, Any]:
-        return {"name": self.name, "policy": self.policy, "expect": self.expect, "client": self.client}
+
+@dataclass(frozen=True)
+class PolicyFixtures:
+    """One policy's fixtures compactly: its compliant client, and per constraint the `spec` members a
+    violating client replaces (whole values: a change never mutates the compliant client's)."""
+
+    policy: str
+    compliant: dict[str, Any]
+    violations: tuple[tuple[str, dict[str, Any]], ...]
+
+    def violating_client(self, change: dict[str, Any]) -> dict[str, Any]:
+        base = self.compliant
+        name = violating_name(base["metadata"]["name"])
+        return {**base, "metadata": {**base["metadata"], "name": name}, "spec": {**base["spec"], **change}}
+
+    def fixtures(self) -> list[Fixture]:
+        compliant = Fixture(f"{self.policy}: compliant client", self.policy, COMPLIANT, self.compliant)
+        return [
+            compliant,
+            *(
+                Fixture(f"{self.policy}: violates {field}", self.policy, field, self.violating_client(change))
+                for field, change in self.violations
+            ),
+        ]
+
+
+def violating_name(compliant_name: str) -> str:
+    return f"{compliant_name}-bad"[:253]
 
 
 def _client_enum(*path: str) -> list[str]:
@@ -150,17 +176,17 @@ def _violations(policy: Policy, base: dict[str, Any]) -> Iterator[tuple[str, dic
         yield "redirectUris.allowedHosts", {"redirectUris": [f"https://{_NOT_ALLOWED_HOST}/callback"]}
 
 
-def policy_fixtures(policy: Policy) -> list[Fixture]:
+def policy_fixture_set(policy: Policy) -> PolicyFixtures | None:
+    """The policy's fixtures, or None when no client can satisfy it."""
     base = compliant_client(policy)
     if base is None:
-        return []
-    fixtures = [Fixture(f"{policy.id}: compliant client", policy.id, COMPLIANT, base)]
-    for field, change in _violations(policy, base):
-        # Shallow copies: changes replace whole values and never mutate the compliant client's.
-        name = f"{base['metadata']['name']}-bad"[:253]
-        client = {**base, "metadata": {**base["metadata"], "name": name}, "spec": {**base["spec"], **change}}
-        fixtures.append(Fixture(f"{policy.id}: violates {field}", policy.id, field, client))
-    return fixtures
+        return None
+    return PolicyFixtures(policy.id, base, tuple(_violations(policy, base)))
+
+
+def policy_fixtures(policy: Policy) -> list[Fixture]:
+    found = policy_fixture_set(policy)
+    return [] if found is None else found.fixtures()
 
 
 def schema_fixture() -> Fixture:
@@ -173,5 +199,5 @@ def schema_fixture() -> Fixture:
     return Fixture("malformed client fails closed", None, "schema", client)
 
 
-def all_fixtures(policies: Sequence[Policy]) -> list[Fixture]:
-    return [schema_fixture(), *(f for p in sorted(policies, key=lambda p: p.id) for f in policy_fixtures(p))]
+def fixture_sets(policies: Sequence[Policy]) -> list[PolicyFixtures]:
+    return [found for p in sorted(policies, key=lambda p: p.id) if (found := policy_fixture_set(p))]

@@ -12,7 +12,7 @@ import pytest
 from nauthera.compile.analysis import analyse
 from nauthera.engines.tools import find_tool
 from nauthera.targets.opa.bundle import build_bundle
-from nauthera.targets.opa.render import build_index, render_fixture_tests, render_opa
+from nauthera.targets.opa.render import build_index, policy_fragment, render_fixture_tests, render_opa
 from nauthera.targets.parameters import policy_parameters
 from nauthera.targets.rego import rego_literal
 
@@ -27,7 +27,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The examples' Rego modules and fixture tests, written out as files for the engines."""
     policies, _ = analyse([EXAMPLES / "policies"])
     root = tmp_path_factory.mktemp("rego")
-    files = {**render_opa(policies, fail_closed=True).files, **render_fixture_tests(policies)}
+    rendered = render_opa(policies, fail_closed=True)
+    files = {**{name: rendered.file(name) for name in rendered.files}, **render_fixture_tests(policies)}
     for name, content in files.items():
         if name.endswith(".rego"):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -97,16 +98,17 @@ def test_policy_values_never_appear_in_rego_source(tmp_path: Path) -> None:
     )
     policies, diagnostics = analyse([policy])
     assert not [d for d in diagnostics if d.level == "error"]
-    files = render_opa(policies, fail_closed=True).files
-    for name, content in files.items():
+    rendered = render_opa(policies, fail_closed=True)
+    for name in rendered.files:
         if name.endswith(".rego"):
+            content = rendered.file(name)
             assert b"zz-marker-scope" not in content and b"allow := true #" not in content, name
-    assert b"zz-marker-scope" in files["nauthera/data.json"]
+    assert b"zz-marker-scope" in rendered.file("nauthera/data.json")
 
 
 def test_index_places_each_policy_by_its_most_selective_target() -> None:
     policies, _ = analyse([EXAMPLES / "policies"])
-    index = build_index(policies)
+    index = build_index([policy_fragment(p) for p in policies])
     by_id = {p.id: p for p in policies}
     web = index["web"]
     assert "security/web-apps-policy" in web["namespace_prefix"]["team-"]

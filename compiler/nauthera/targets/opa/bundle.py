@@ -2,29 +2,56 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import subprocess
 import tarfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOTS = ("nauthera",)
 MANIFEST = ".manifest"
+#: A file's content: its bytes, or the pieces that concatenate to them (a large data.json).
+Content = bytes | Sequence[bytes]
+_COMPRESS_LEVEL = 9
+#: gzip header: magic, deflate, no flags, mtime 0, "maximum compression", OS unknown (as `gzip` writes it).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+#: A chunk of the tar stream ends where a file's pieces hold an empty piece (a content-chosen place,
+#: see `datatree.pieces`), or once it is this large.
+_MAX_CHUNK = 1024 * 1024
+
+
+def pieces_of(content: Content) -> Sequence[bytes]:
+    return (content,) if isinstance(content, bytes) else content
+
+
+def content_size(content: Content) -> int:
+    return sum(len(piece) for piece in pieces_of(content))
+
+
+def joined(content: Content) -> bytes:
+    return content if isinstance(content, bytes) else b"".join(content)
 
 
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def content_revision(files: Mapping[str, bytes], metadata: Mapping[str, Any]) -> str:
+def policy_digest(parameters: Any) -> bytes:
+    """sha256 of one policy's parameters in canonical JSON: what the store records per policy."""
+    return hashlib.sha256(_canonical(parameters)).digest()
+
+
+def content_revision(files: Mapping[str, Content], metadata: Mapping[str, Any]) -> str:
     """Same files and metadata, same revision: a digest over every entry in name order."""
     digest = hashlib.sha256()
     for name in sorted(files):
-        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        file_digest = hashlib.sha256()
+        for piece in pieces_of(files[name]):
+            file_digest.update(piece)
+        digest.update(name.encode() + b"\0" + file_digest.digest())
     digest.update(_canonical(metadata))
     return digest.hexdigest()[:24]
 
@@ -52,7 +79,9 @@ def git_source(paths: list[Path]) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def manifest(files: Mapping[str, bytes], metadata: Mapping[str, Any], revision: str | None) -> dict[str, Any]:
+def manifest(
+    files: Mapping[str, Content], metadata: Mapping[str, Any], revision: str | None
+) -> dict[str, Any]:
     return {
         "revision": revision or content_revision(files, metadata),
         "roots": list(ROOTS),
@@ -61,30 +90,103 @@ def manifest(files: Mapping[str, bytes], metadata: Mapping[str, Any], revision: 
     }
 
 
-def write_tarball(files: Mapping[str, bytes], target: Path) -> None:
+def _tar_stream(files: Mapping[str, Content]) -> Iterator[bytes]:
+    """The uncompressed tar, piece by piece, exactly as `tarfile` writes it (USTAR, entries in name
+    order, mode 0644, mtime 0, owner 0, padded to whole records)."""
+    offset = 0
+    for name in sorted(files):
+        info = tarfile.TarInfo(name)
+        info.size = content_size(files[name])
+        info.mode = 0o644
+        info.mtime = 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        yield header
+        yield from pieces_of(files[name])
+        padding = -info.size % tarfile.BLOCKSIZE
+        if padding:
+            yield tarfile.NUL * padding
+        offset += len(header) + info.size + padding
+    end = tarfile.BLOCKSIZE * 2
+    yield tarfile.NUL * (end + -(offset + end) % tarfile.RECORDSIZE)
+
+
+def _chunks(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """Runs of pieces whose ends are chosen by content, so an edit changes only the runs it touches."""
+    run: list[bytes] = []
+    size = 0
+    for piece in stream:
+        if piece:
+            run.append(piece)
+            size += len(piece)
+            if size < _MAX_CHUNK:
+                continue
+        elif not run:
+            continue
+        yield b"".join(run)
+        run, size = [], 0
+    if run:
+        yield b"".join(run)
+
+
+class TarballWriter:
+    """Writes reproducible `.tar.gz` bytes, and compresses again only the parts that changed.
+
+    The gzip stream is one member whose deflate data is the concatenation of independently compressed
+    chunks (each ends with a sync flush), so a chunk's compressed bytes depend on that chunk alone.
+    A writer remembers the chunks of its last tarball: the next one, after an edit of one policy,
+    recompresses a few hundred kilobytes instead of the whole bundle. Every writer, fresh or not,
+    produces the same bytes for the same files.
+    """
+
+    def __init__(self) -> None:
+        self._compressed: dict[bytes, bytes] = {}
+
+    def write(self, files: Mapping[str, Content]) -> bytes:
+        output = [_GZIP_HEADER]
+        crc, length = 0, 0
+        kept: dict[bytes, bytes] = {}
+        for chunk in _chunks(_tar_stream(files)):
+            key = hashlib.sha256(chunk).digest()
+            compressed = self._compressed.get(key)
+            if compressed is None:
+                compressor = zlib.compressobj(_COMPRESS_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+                compressed = compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            kept[key] = compressed
+            output.append(compressed)
+            crc = zlib.crc32(chunk, crc)
+            length += len(chunk)
+        finish = zlib.compressobj(_COMPRESS_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        output.append(finish.flush(zlib.Z_FINISH))
+        output.append(crc.to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little"))
+        self._compressed = kept
+        return b"".join(output)
+
+
+def write_tarball(files: Mapping[str, Content], target: Path) -> None:
     """Write entries in name order with fixed metadata so equal inputs give equal bytes."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size = len(files[name])
-            info.mode = 0o644
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(files[name]))
-    with target.open("wb") as handle, gzip.GzipFile(filename="", mode="wb", fileobj=handle, mtime=0) as gz:
-        gz.write(raw.getvalue())
+    target.write_bytes(TarballWriter().write(files))
+
+
+def bundle_bytes(
+    files: Mapping[str, Content],
+    metadata: Mapping[str, Any],
+    revision: str | None,
+    writer: TarballWriter | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """The bundle (with its `.manifest`) as bytes, and the manifest."""
+    bundle_manifest = manifest(files, metadata, revision)
+    entries = {**files, MANIFEST: _canonical(bundle_manifest)}
+    return (writer or TarballWriter()).write(entries), bundle_manifest
 
 
 def build_bundle(
-    files: Mapping[str, bytes], metadata: Mapping[str, Any], revision: str | None, target: Path
+    files: Mapping[str, Content], metadata: Mapping[str, Any], revision: str | None, target: Path
 ) -> dict[str, Any]:
     """Write the bundle with its `.manifest`; return the manifest."""
-    entries = dict(files)
-    bundle_manifest = manifest(files, metadata, revision)
-    entries[MANIFEST] = _canonical(bundle_manifest)
-    write_tarball(entries, target)
+    content, bundle_manifest = bundle_bytes(files, metadata, revision)
+    target.write_bytes(content)
     return bundle_manifest
 
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+from nauthera.compile.diagnostics import Position
 from nauthera.compile.model import Policy
 from nauthera.compile.patterns import literal_prefix
 from nauthera.compile.schema import client_json_schema
-from nauthera.targets.fixtures import all_fixtures
+from nauthera.targets.fixtures import fixture_sets, schema_fixture, violating_name
+from nauthera.targets.opa.bundle import Content, policy_digest
+from nauthera.targets.opa.datatree import SPLIT_DEPTH, DataNode, branch, build, canonical, member, pieces
 from nauthera.targets.parameters import policy_parameters
 from nauthera.targets.rego import render_template
 
 ANY_TYPE = "*"
 OPA_LIB_PACKAGE = "nauthera.lib"
 FIXTURE_ROOT = "nauthera_fixtures"
+DATA_FILE = "nauthera/data.json"
+#: Where a bundle's data.json sits in `data` (its folder), for delta patches.
+DATA_MOUNT = ("nauthera",)
 
 
 def _index_keys(policy: Policy) -> list[tuple[str, ...]]:
@@ -33,53 +40,122 @@ def _index_keys(policy: Policy) -> list[tuple[str, ...]]:
     return [("unindexed",)]
 
 
-def build_index(policies: Sequence[Policy]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class PolicyFragment:
+    """What the OPA bundle needs of one policy, rendered once: an incremental compile keeps these
+    instead of the policies (a fifth of their memory) and reuses them while their source is unchanged."""
+
+    id: str
+    position: Position
+    #: The policy's parameters as they appear in data.json.
+    node: DataNode
+    #: (application type, index key) pairs, each once, in the order the index lists them.
+    index_entries: tuple[tuple[str, tuple[str, ...]], ...]
+    #: sha256 of the parameters as the store records them per policy.
+    digest: bytes
+
+
+def policy_fragment(policy: Policy) -> PolicyFragment:
+    params = policy_parameters(policy)
+    types = policy.targets.application_types
+    entries = [
+        (app_type, key)
+        for app_type in ([ANY_TYPE] if types is None else types)
+        for key in _index_keys(policy)
+    ]
+    return PolicyFragment(
+        policy.id,
+        policy.position,
+        member(canonical(params), depth=SPLIT_DEPTH),
+        tuple(dict.fromkeys(entries)),
+        policy_digest(params),
+    )
+
+
+def build_index(fragments: Sequence[PolicyFragment]) -> dict[str, Any]:
     """Buckets per application type ("*" for policies that target every type)."""
     index: dict[str, Any] = {}
-    for policy in sorted(policies, key=lambda p: p.id):
-        types = policy.targets.application_types
-        for app_type in [ANY_TYPE] if types is None else types:
+    for fragment in sorted(fragments, key=lambda f: f.id):
+        for app_type, key in fragment.index_entries:
             bucket = index.setdefault(app_type, {"namespace_prefix": {}, "label": {}, "unindexed": []})
-            for key in _index_keys(policy):
-                if key[0] == "unindexed":
-                    slot = bucket["unindexed"]
-                elif key[0] == "label":
-                    slot = bucket["label"].setdefault(key[1], {}).setdefault(key[2], [])
-                else:
-                    slot = bucket["namespace_prefix"].setdefault(key[1], [])
-                if policy.id not in slot:
-                    slot.append(policy.id)
+            if key[0] == "unindexed":
+                slot = bucket["unindexed"]
+            elif key[0] == "label":
+                slot = bucket["label"].setdefault(key[1], {}).setdefault(key[2], [])
+            else:
+                slot = bucket["namespace_prefix"].setdefault(key[1], [])
+            slot.append(fragment.id)
     return index
 
 
-@dataclass(frozen=True)
-class RenderedOpa:
-    """Files of the OPA target, by bundle path."""
-
-    files: dict[str, bytes]
+def index_node(fragments: Sequence[PolicyFragment]) -> DataNode:
+    return build(build_index(fragments), 1)
 
 
-def render_opa(policies: Sequence[Policy], fail_closed: bool) -> RenderedOpa:
-    data = {
-        "policies": {p.id: policy_parameters(p) for p in policies},
-        "index": build_index(policies),
-        "schema": {"authclient": client_json_schema()},
-        "settings": {"fail_closed": fail_closed},
-    }
+def data_tree(
+    fragments: Sequence[PolicyFragment], fail_closed: bool, index: DataNode | None = None
+) -> DataNode:
+    """data.json as a tree; `index` (from `index_node`) when the caller kept it from a previous build."""
+    return branch(
+        {
+            "index": index if index is not None else index_node(fragments),
+            "policies": branch({f.id: f.node for f in fragments}),
+            "schema": build({"authclient": client_json_schema()}, 1),
+            "settings": build({"fail_closed": fail_closed}, 1),
+        }
+    )
+
+
+@cache
+def rego_modules() -> dict[str, bytes]:
     context = {"lib_package": OPA_LIB_PACKAGE}
-    files = {
-        "nauthera/data.json": json.dumps(data, sort_keys=True, separators=(",", ":")).encode(),
+    return {
         "nauthera/lib/checks.rego": render_template("checks.rego.j2", **context).encode(),
         "nauthera/authclient/decision.rego": render_template("authclient.rego.j2", **context).encode(),
         "nauthera/admission/review.rego": render_template("admission.rego.j2", **context).encode(),
     }
-    return RenderedOpa(files)
+
+
+@dataclass(frozen=True)
+class RenderedOpa:
+    """Files of the OPA target, by bundle path (data.json in pieces), and the data as a tree."""
+
+    files: dict[str, Content]
+    data: DataNode
+
+    def file(self, name: str) -> bytes:
+        content = self.files[name]
+        return content if isinstance(content, bytes) else b"".join(content)
+
+
+def render_fragments(
+    fragments: Sequence[PolicyFragment], fail_closed: bool, index: DataNode | None = None
+) -> RenderedOpa:
+    data = data_tree(fragments, fail_closed, index)
+    return RenderedOpa({DATA_FILE: list(pieces(data)), **rego_modules()}, data)
+
+
+def render_opa(policies: Sequence[Policy], fail_closed: bool) -> RenderedOpa:
+    return render_fragments([policy_fragment(p) for p in policies], fail_closed)
 
 
 def render_fixture_tests(policies: Sequence[Policy]) -> dict[str, bytes]:
-    """The generated test folder: fixture data plus one data-driven Rego test per expectation."""
-    fixtures = all_fixtures(policies)
-    data = {"cases": [f.as_data() for f in fixtures]}
+    """The generated test folder: fixture data plus one data-driven Rego test per expectation.
+
+    Each policy's violating clients are stored as the `spec` members they change in its compliant
+    client (the test rebuilds them), which keeps the data a fifth of what whole clients would take.
+    """
+    data = {
+        "malformed": schema_fixture().client,
+        "policies": {
+            found.policy: {
+                "client": found.compliant,
+                "violating_name": violating_name(found.compliant["metadata"]["name"]),
+                "violations": dict(found.violations),
+            }
+            for found in fixture_sets(policies)
+        },
+    }
     manifest = {"roots": [FIXTURE_ROOT, f"{FIXTURE_ROOT}_test"]}
     return {
         ".manifest": json.dumps(manifest, sort_keys=True).encode(),
