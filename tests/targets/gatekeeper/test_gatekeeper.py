@@ -452,7 +452,8 @@ def test_constraint_names_are_unique_valid_and_stable(tmp_path: Path) -> None:
 
 
 def test_strings_keep_their_type_in_go_yaml(tmp_path: Path) -> None:
-    """kubectl and gator read YAML with go-yaml, where `y` is a boolean and `0o17` a number."""
+    """kubectl and gator read YAML with go-yaml, where `y` is a boolean and `0o17` a number: the
+    Constraints are JSON documents, which both read with a JSON decoder, so every string stays one."""
     odd = ["y", "n", "on", "NO", "1e3", "0x1F", "0o17", "null", "~", "=", "<<", "2001-01-01", "+1", ".inf"]
     policies = _policies(
         tmp_path,
@@ -466,7 +467,8 @@ def test_strings_keep_their_type_in_go_yaml(tmp_path: Path) -> None:
     out = tmp_path / "build"
     assert compile_policies(CompileOptions(paths=[tmp_path / "policies"], out=out, target="gatekeeper")).ok
     constraint = (out / "gatekeeper/constraints/policy-sec-odd.yaml").read_text()
-    assert "- 'y'" in constraint and "- '0o17'" in constraint and "'y': 'n'" in constraint
+    assert constraint.startswith("{") and '"y"' in constraint and '"0o17"' in constraint
+    assert yaml.safe_load(constraint) == json.loads(constraint)
     client = {
         "apiVersion": corpus.API_VERSION,
         "kind": "AuthClient",
