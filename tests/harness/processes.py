@@ -78,8 +78,12 @@ def opa_agent(
     max_delay: int = 2,
     token: str | None = None,
     decision_logs: bool = True,
+    keys: dict[str, Any] | None = None,
+    signing: dict[str, Any] | None = None,
 ) -> tuple[Process, str]:
-    """An `opa run --server` configured to pull `bundle` from `server`; returns it and its base URL."""
+    """An `opa run --server` configured to pull `bundle` from `server`; returns it and its base URL.
+
+    `keys` and `signing` are OPA's `keys` and the bundle's `signing` settings (signed bundles)."""
     port = free_port()
     polling: dict[str, Any] = {"min_delay_seconds": min_delay, "max_delay_seconds": max_delay}
     if long_poll:
@@ -90,10 +94,13 @@ def opa_agent(
     config: dict[str, Any] = {
         "services": {"nauthera": service},
         "bundles": {bundle: {"service": "nauthera", "resource": f"bundles/{bundle}", "polling": polling}},
+        **({"keys": keys} if keys else {}),
         "status": {"service": "nauthera"},
         # OPA sets labels.id to its own instance id; `name` is how these tests tell agents apart.
         "labels": {"name": name, "app": "test"},
     }
+    if signing:
+        config["bundles"][bundle]["signing"] = signing
     if decision_logs:
         config["decision_logs"] = {
             "service": "nauthera",

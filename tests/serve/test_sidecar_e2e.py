@@ -79,11 +79,15 @@ def _start_sidecar(work: Path, policies: Path, store: Path, port: int, *extra: s
         *extra,
         log=work / "sidecar.log",
     )
-    wait_until(
-        lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200,
-        60,
-        f"the sidecar to be ready:\n{process.output()}",
-    )
+    try:
+        wait_until(
+            lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200,
+            60,
+            "the sidecar to be ready",
+        )
+    except AssertionError:
+        process.stop()
+        raise AssertionError(f"the sidecar did not get ready:\n{process.output()}") from None
     return process
 
 

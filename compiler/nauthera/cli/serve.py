@@ -16,7 +16,7 @@ import requests
 from nauthera.cli.common import fail
 from nauthera.compile.durations import DurationError, parse_duration_ns
 from nauthera.errors import NautheraError
-from nauthera.serve.server import ServerConfig, ServerState, create_app, parse_listen, read_token, run, serve
+from nauthera.serve.server import ServerConfig, ServerState, parse_listen, read_token, run, serve
 from nauthera.serve.sidecar import OpaPusher, Sidecar
 from nauthera.store.folder import BundleStore
 
@@ -101,7 +101,7 @@ def serve_command(
     try:
         state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
         host, port = parse_listen(listen)
-        run(serve(create_app(state), host, port, tls_cert, tls_key))
+        run(serve(state, host, port, tls_cert, tls_key))
     except NautheraError as error:
         fail(error)
 
@@ -155,7 +155,7 @@ async def _run_sidecar(
     if sidecar.pusher is not None:
         tasks.append(asyncio.create_task(sidecar.keep_opa_loaded()))
     try:
-        await serve(create_app(state), host, port, tls_cert, tls_key)
+        await serve(state, host, port, tls_cert, tls_key)
     finally:
         for task in tasks:
             task.cancel()

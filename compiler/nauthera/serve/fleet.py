@@ -93,6 +93,8 @@ class AgentRegistry:
                 stale = lagging and state is not None and now - state.updated > self.stale_after
                 bundles[name] = {
                     "active_revision": active,
+                    # How the agent got it: "snapshot", or "delta" for a patch to what it had.
+                    "type": info.get("type"),
                     "channel": channel,
                     "channel_revision": state.revision if state else None,
                     "stale": stale,

@@ -1,8 +1,9 @@
-"""The bundle server: OPA's bundle protocol with long polling, status and decision-log intake, metrics.
+"""The bundle server: OPA's bundle protocol with long polling and deltas, status and decision logs, metrics.
 
-One asyncio process holds thousands of idle long polls cheaply: each waiter awaits the current
-`asyncio.Event` of its channel, and a watcher replaces and sets that event when the channel moves (a
-stat per channel per tick, or an immediate `notify` from an in-process publisher such as the sidecar).
+`GET /bundles/<channel>` is answered natively by `serve.bundles` over `serve.http` (the path thousands
+of agents hit); the other endpoints are Starlette routes. Long polls wait for the channel to move: a
+watcher stats each channel's pointer file every `poll_interval`, and an in-process publisher (the
+sidecar) announces its revisions directly, with the bundle and its data tree, so nothing is read back.
 """
 
 from __future__ import annotations
@@ -11,20 +12,17 @@ import asyncio
 import contextlib
 import gc
 import gzip
-import hmac
 import io
 import json
 import logging
-import re
 import resource
-import time
-from collections import OrderedDict
+import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-import uvicorn
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -33,12 +31,20 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from nauthera.errors import NautheraError
-from nauthera.serve.fleet import AgentRegistry, ChannelState, DecisionLog
+from nauthera.serve.bundles import (
+    BundleRequest,
+    BundleService,
+    ChannelWatcher,
+    Reply,
+    bearer_matches,
+    on_loop,
+)
+from nauthera.serve.fleet import AgentRegistry, DecisionLog
+from nauthera.serve.http import HttpLimits, HttpRequest, HttpServer
 from nauthera.store.folder import BundleStore
+from nauthera.targets.opa.delta import BundleState
 
-BUNDLE_MEDIA_TYPE = "application/vnd.openpolicyagent.bundles"
-_WAIT = re.compile(r"wait=(\d+)")
-_BUNDLE_CACHE_SIZE = 8
+BUNDLES_PREFIX = b"/bundles/"
 log = logging.getLogger("nauthera.server")
 
 
@@ -71,6 +77,11 @@ class Metrics:
         self.bundle_requests = Counter(
             "nauthera_bundle_requests", "Bundle requests by HTTP status", ["code"], registry=self.registry
         )
+        self.deltas = Counter(
+            "nauthera_bundle_deltas",
+            "Bundle requests answered with a delta bundle rather than the whole bundle",
+            registry=self.registry,
+        )
         self.long_poll_waiters = Gauge(
             "nauthera_long_poll_waiters", "Bundle requests held open", registry=self.registry
         )
@@ -78,79 +89,13 @@ class Metrics:
         self.stale_agents = Gauge(
             "nauthera_agents_stale", "Agents behind their channel's current revision", registry=self.registry
         )
+        self._requests: dict[str, Any] = {}
 
-
-class ChannelWatcher:
-    """Each channel's current revision, and a way to wait until it changes."""
-
-    def __init__(self, store: BundleStore, metrics: Metrics, interval: float) -> None:
-        self.store = store
-        self.metrics = metrics
-        self.interval = interval
-        self.states: dict[str, ChannelState] = {}
-        self._stamps: dict[str, tuple[int, int, int]] = {}
-        self._events: dict[str, asyncio.Event] = {}
-
-    def _event(self, channel: str) -> asyncio.Event:
-        return self._events.setdefault(channel, asyncio.Event())
-
-    def refresh(self) -> None:
-        """Re-read channels whose pointer file changed since the last look (one stat each)."""
-        for channel in self.store.channels():
-            try:
-                stat = self.store.pointer_file(channel).stat()
-            except OSError:
-                continue
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if self._stamps.get(channel) == stamp:
-                continue
-            self._stamps[channel] = stamp
-            self.notify(channel)
-
-    def notify(self, channel: str) -> None:
-        """Take the channel's revision from the store and wake its waiters if it moved."""
-        revision = self.store.channel_revision(channel)
-        previous = self.states.get(channel)
-        if previous is not None and previous.revision == revision:
-            return
-        self.states[channel] = ChannelState(revision, time.time())
-        if previous is not None or revision is not None:
-            self.metrics.revisions_published.labels(channel).inc()
-            log.info("channel %s now serves revision %s", channel, revision)
-        event = self._events.pop(channel, None)
-        if event is not None:
-            event.set()
-
-    def current(self, channel: str) -> str | None:
-        state = self.states.get(channel)
-        if state is None:
-            self.notify(channel)
-            state = self.states.get(channel)
-        return state.revision if state else None
-
-    async def wait_for_change(self, channel: str, known: str, timeout: float) -> str | None:
-        """The channel's revision once it differs from `known`, or its unchanged revision after `timeout`."""
-        deadline = time.monotonic() + timeout
-        while self.current(channel) == known:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self.metrics.long_poll_waiters.inc()
-            try:
-                await asyncio.wait_for(self._event(channel).wait(), remaining)
-            except TimeoutError:
-                pass
-            finally:
-                self.metrics.long_poll_waiters.dec()
-        return self.current(channel)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                self.refresh()
-            except (OSError, NautheraError) as error:
-                log.warning("cannot read the store: %s", error)
-            await asyncio.sleep(self.interval)
+    def count_request(self, code: str) -> None:
+        counter = self._requests.get(code)
+        if counter is None:
+            counter = self._requests[code] = self.bundle_requests.labels(code)
+        counter.inc()
 
 
 @dataclass
@@ -162,33 +107,48 @@ class ServerState:
     agents: AgentRegistry = field(init=False)
     decisions: DecisionLog = field(init=False)
     watcher: ChannelWatcher = field(init=False)
-    _bundles: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    bundles: BundleService = field(init=False)
 
     def __post_init__(self) -> None:
         self.agents = AgentRegistry(self.config.max_agents, self.config.stale_after)
         self.decisions = DecisionLog(self.config.max_decision_events)
-        self.watcher = ChannelWatcher(self.store, self.metrics, self.config.poll_interval)
+        self.watcher = ChannelWatcher(self.store, self._moved, self.config.poll_interval)
+        self.bundles = BundleService(
+            self.store,
+            self.config.token,
+            self.config.max_wait,
+            self.metrics.count_request,
+            self.metrics.deltas.inc,
+        )
+        self.metrics.long_poll_waiters.set_function(lambda: self.watcher.held)
 
-    def cached_bundle(self, revision: str) -> bytes | None:
-        """The bundle if it is in memory: served without a thread hop, as almost every request is."""
-        return self._bundles.get(revision)
+    def _moved(self, channel: str, revision: str | None) -> None:
+        self.metrics.revisions_published.labels(channel).inc()
+        log.info("channel %s now serves revision %s", channel, revision)
 
-    def bundle_bytes(self, revision: str) -> bytes:
-        """Bundles are immutable per revision, so thousands of agents share one read."""
-        if revision in self._bundles:
-            self._bundles.move_to_end(revision)
-            return self._bundles[revision]
-        content: bytes = self.store.bundle_path(revision).read_bytes()
-        self._bundles[revision] = content
-        while len(self._bundles) > _BUNDLE_CACHE_SIZE:
-            self._bundles.popitem(last=False)
-        return content
+    def announce(self, channel: str, revision: str, content: bytes, state: BundleState) -> None:
+        """An in-process publisher moved `channel` to `revision`: keep its bundle and data tree, and
+        answer the channel's long polls (from any thread)."""
+
+        def on_the_loop() -> None:
+            self.bundles.offer(revision, content, state)
+            self.watcher.notify(channel)
+
+        on_loop(self.watcher.loop, on_the_loop)
 
     def agent_report(self) -> list[dict[str, Any]]:
         report = self.agents.describe(self.watcher.states, self.config.default_channel)
         self.metrics.agents.set(len(report))
         self.metrics.stale_agents.set(sum(a["stale"] for a in report))
         return report
+
+    def answer_bundle(
+        self, request: HttpRequest, reply: Callable[[Reply], None]
+    ) -> Callable[[], None] | None:
+        """GET /bundles/<channel> (see `serve.bundles`)."""
+        channel = unquote(request.path[len(BUNDLES_PREFIX) :].decode("latin-1"))
+        parsed = BundleRequest.parse(channel, request.header_map(), self.config.max_wait)
+        return self.bundles.handle(self.watcher, parsed, reply)
 
 
 def _state(request: Request) -> ServerState:
@@ -197,12 +157,7 @@ def _state(request: Request) -> ServerState:
 
 
 def _authorized(request: Request) -> bool:
-    token = _state(request).config.token
-    if token is None:
-        return True
-    offered = request.headers.get("authorization", "")
-    scheme, _, credential = offered.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
+    return bearer_matches(request.headers.get("authorization"), _state(request).config.token)
 
 
 def _unauthorized() -> Response:
@@ -211,41 +166,6 @@ def _unauthorized() -> Response:
         status_code=401,
         headers={"WWW-Authenticate": 'Bearer realm="nauthera"'},
     )
-
-
-def _etag(revision: str) -> str:
-    return f'"{revision}"'
-
-
-def _offered_etag(request: Request) -> str | None:
-    value = request.headers.get("if-none-match")
-    return value.strip().removeprefix("W/").strip('"') if value else None
-
-
-async def bundle(request: Request) -> Response:
-    """GET /bundles/<channel>: ETag = revision, 304 when unchanged, long polling on `Prefer: wait=N`."""
-    state = _state(request)
-    if not _authorized(request):
-        state.metrics.bundle_requests.labels("401").inc()
-        return _unauthorized()
-    channel = request.path_params["channel"]
-    revision = state.watcher.current(channel)
-    if revision is None:
-        state.metrics.bundle_requests.labels("404").inc()
-        return JSONResponse({"error": f"channel {channel!r} has no revision"}, status_code=404)
-    offered = _offered_etag(request)
-    if offered == revision:
-        wait = _WAIT.search(request.headers.get("prefer", ""))
-        if wait:
-            timeout = min(float(wait.group(1)), state.config.max_wait)
-            revision = await state.watcher.wait_for_change(channel, offered, timeout) or revision
-        if revision == offered:
-            state.metrics.bundle_requests.labels("304").inc()
-            return Response(status_code=304, headers={"ETag": _etag(revision)})
-    cached = state.cached_bundle(revision)
-    body = cached if cached is not None else await asyncio.to_thread(state.bundle_bytes, revision)
-    state.metrics.bundle_requests.labels("200").inc()
-    return Response(body, media_type=BUNDLE_MEDIA_TYPE, headers={"ETag": _etag(revision)})
 
 
 async def _json_body(request: Request) -> Any:
@@ -352,7 +272,6 @@ def create_app(state: ServerState) -> Starlette:
     app = Starlette(
         lifespan=lifespan,
         routes=[
-            Route("/bundles/{channel:path}", bundle, methods=["GET"]),
             Route("/status", status, methods=["POST"]),
             Route("/status/{partition:path}", status, methods=["POST"]),
             Route("/logs", logs, methods=["POST"]),
@@ -405,9 +324,9 @@ def _tune_garbage_collector() -> None:
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run a server coroutine on uvloop (a faster event loop; uvicorn's own choice) when installed."""
+    """Run a server coroutine on uvloop (a faster event loop) when installed."""
     try:
-        import uvloop  # noqa: PLC0415 - optional accelerator, part of uvicorn[standard]
+        import uvloop  # noqa: PLC0415 - optional accelerator
     except ImportError:
         asyncio.run(main)
         return
@@ -415,22 +334,21 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as error:
+        raise NautheraError(f"cannot load --tls-cert {cert} / --tls-key {key}: {error}") from error
+    return context
+
+
 async def serve(
-    app: Starlette, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
+    state: ServerState, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
 ) -> None:
-    """Run the app with uvicorn until cancelled or signalled."""
+    """Serve `state` until cancelled or signalled."""
     _raise_open_file_limit()
     _tune_garbage_collector()
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=tls_cert,
-        ssl_keyfile=tls_key,
-        access_log=False,
-        log_level="warning",
-        backlog=4096,
-        timeout_keep_alive=75,
-        lifespan="on",
-    )
-    await uvicorn.Server(config).serve()
+    tls = _tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    limits = HttpLimits(max_body=state.config.max_upload_bytes)
+    await HttpServer(create_app(state), BUNDLES_PREFIX, state.answer_bundle, limits).serve(host, port, tls)
