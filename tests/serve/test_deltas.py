@@ -39,9 +39,9 @@ def active_revision(opa_url: str, bundle: str = "stable") -> str | None:
 
 
 def snapshot_data(bundle: Path) -> Any:
-    """`data.nauthera` as a fresh OPA loads it from the bundle file."""
+    """The bundle's data (`data.nauthera_data`) as a fresh OPA loads it from the bundle file."""
     completed = subprocess.run(
-        [str(find_tool("opa")), "eval", "--bundle", str(bundle), "--format", "json", "data.nauthera"],
+        [str(find_tool("opa")), "eval", "--bundle", str(bundle), "--format", "json", "data.nauthera_data"],
         capture_output=True,
         text=True,
         check=True,
@@ -136,7 +136,7 @@ def test_deltas_and_snapshots_give_opa_the_same_data(fleet: Fleet) -> None:
         wait_until(
             lambda want=revision: active_revision(fleet.opa) == want, 30, f"OPA to activate ({context})"
         )
-        assert opa_data(fleet.opa, "nauthera") == snapshot_data(fleet.bundle_file(revision)), context
+        assert opa_data(fleet.opa, "nauthera_data") == snapshot_data(fleet.bundle_file(revision)), context
     assert published >= EDITS // 3, "most edits published a revision"
     assert metric(fleet.server, "nauthera_bundle_deltas_total") - deltas_before >= published - 1
 
@@ -226,7 +226,7 @@ def test_serve_sends_deltas_between_stored_revisions_and_snapshots_when_signed(
             wait_until(
                 lambda want=revision: active_revision(opa_url) == want, 30, f"OPA to follow:\n{opa.output()}"
             )
-            assert opa_data(opa_url, "nauthera") == snapshot_data(out / "bundle.tar.gz")
+            assert opa_data(opa_url, "nauthera_data") == snapshot_data(out / "bundle.tar.gz")
         deltas = metric(server, "nauthera_bundle_deltas_total")
         assert deltas == 0 if signed else deltas >= 3
     finally:

@@ -93,7 +93,7 @@ def _opa_repl(bundle: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """
     return subprocess.run(
         [OPA, "run", "--skip-version-check", "-b", str(bundle), *flags],
-        input="data.nauthera.settings.fail_closed\n",
+        input="data.nauthera_data.settings.fail_closed\n",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -175,7 +175,7 @@ def test_signed_bundle_loads_in_opa_with_the_verification_key(
     assert verify_bundle(bundle, public.read_bytes(), None, None) == []
     # opa eval has no verification flags: it loads signed bundles without checking them.
     evaluated = subprocess.run(
-        [OPA, "eval", "-b", str(bundle), "--format", "raw", "data.nauthera.settings.fail_closed"],
+        [OPA, "eval", "-b", str(bundle), "--format", "raw", "data.nauthera_data.settings.fail_closed"],
         capture_output=True,
         text=True,
         check=False,
@@ -225,9 +225,9 @@ def _tampered(signed: Path, target: Path, how: str) -> Path:
         body = files["nauthera/lib/checks.rego"]
         files["nauthera/lib/checks.rego"] = body[:-2] + bytes([body[-2] ^ 0x01]) + body[-1:]
     elif how == "data-byte":
-        body = files["nauthera/data.json"]
-        files["nauthera/data.json"] = body.replace(b'"15m"', b'"16m"', 1)
-        assert files["nauthera/data.json"] != body
+        body = files["nauthera_data/data.json"]
+        files["nauthera_data/data.json"] = body.replace(b'"15m"', b'"16m"', 1)
+        assert files["nauthera_data/data.json"] != body
     elif how == "manifest-byte":
         files[".manifest"] = files[".manifest"].replace(b'"revision":"', b'"revision":"x', 1)
     elif how == "added-file":
@@ -272,7 +272,7 @@ def test_whitespace_in_data_json_is_not_a_change(example_bundle: Path, keys: Key
     """OPA hashes data.json canonically, so reformatting it keeps the signature valid (and so do we)."""
     signed = _signed_copy(example_bundle, tmp_path, keys.rsa_private, "RS256", None)
     files = read_bundle(signed)
-    files["nauthera/data.json"] = json.dumps(json.loads(files["nauthera/data.json"]), indent=3).encode()
+    files["nauthera_data/data.json"] = json.dumps(json.loads(files["nauthera_data/data.json"]), indent=3).encode()
     write_tarball(files, tmp_path / "reformatted.tar.gz")
     assert (
         _opa_repl(tmp_path / "reformatted.tar.gz", "--verification-key", str(keys.rsa_public)).returncode == 0

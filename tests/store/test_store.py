@@ -75,7 +75,7 @@ def test_publish_records_an_immutable_revision_with_metadata(example_bundle: Pat
     assert info.message == "Tighten web tokens"
     assert info.signer_key_id is None
     assert info.digest == hashlib.sha256(bundle.read_bytes()).hexdigest()
-    data = json.loads(read_bundle(bundle)["nauthera/data.json"])
+    data = json.loads(read_bundle(bundle)["nauthera_data/data.json"])
     assert info.policies == {
         pid: hashlib.sha256(
             json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

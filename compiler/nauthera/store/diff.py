@@ -1,6 +1,6 @@
 """Compare two bundles in policy terms: policies added, removed, and which constraint changed how.
 
-A bundle carries each policy as the compiler's normalised parameters (`data.nauthera.policies`). This
+A bundle carries each policy as the compiler's normalised parameters (`data.nauthera_data.policies`). This
 module maps them back onto the AuthPolicy fields of the SPEC (`token.accessTokenTTL`, `allowedGrantTypes`,
 `targets.namespaces`, ...) and compares their *effective* values: list order and duplicates do not matter,
 `900s` equals `15m`, an unset boolean is `false`, and `redirectUris.allowWildcards` shows `true` unless
@@ -17,8 +17,9 @@ from typing import Any
 
 from nauthera.compile.durations import DurationError, parse_duration_ns
 from nauthera.errors import InputError
-from nauthera.store.folder import DATA_FILE, read_bundle_bytes
+from nauthera.store.folder import read_bundle_bytes
 from nauthera.targets.opa.bundle import MANIFEST
+from nauthera.targets.opa.render import data_file
 
 TTL_FIELDS = ("token.accessTokenTTL", "token.refreshTokenTTL", "token.idTokenTTL")
 
@@ -196,7 +197,8 @@ def load_side(path: Path, label: str | None = None) -> BundleSide:
     files = read_bundle_bytes(content, str(path))
     try:
         manifest = json.loads(files.get(MANIFEST, b"{}"))
-        data = json.loads(files.get(DATA_FILE, b"{}"))
+        name = data_file(files)
+        data = json.loads(files[name] if name is not None else b"{}")
     except ValueError as error:
         raise InputError(f"{path}: not a Nauthera bundle: {error}") from error
     if not isinstance(manifest, dict) or not isinstance(data, dict):

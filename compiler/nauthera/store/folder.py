@@ -37,12 +37,12 @@ from typing import Any
 
 from nauthera.errors import NautheraError
 from nauthera.targets.opa.bundle import MANIFEST, policy_digest
+from nauthera.targets.opa.render import data_file
 from nauthera.targets.opa.signing import SIGNATURES_FILE, token_header
 
 STORE_FORMAT = "nauthera-bundle-store/1"
 BUNDLE_FILE = "bundle.tar.gz"
 META_FILE = "meta.json"
-DATA_FILE = "nauthera/data.json"
 #: Revision ids become folder names: no separators, no dot-files, bounded length.
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -127,7 +127,7 @@ def _canonical(value: Any) -> bytes:
 
 
 def policy_digests(data: Mapping[str, Any]) -> dict[str, str]:
-    """sha256 of each policy's canonical JSON in `data.nauthera.policies` (from nauthera/data.json)."""
+    """sha256 of each policy's canonical JSON in the bundle data's `policies`."""
     policies = data.get("policies") if isinstance(data, Mapping) else None
     if not isinstance(policies, Mapping):
         return {}
@@ -163,11 +163,12 @@ def bundle_facts(content: bytes, label: str) -> BundleFacts:
     check_revision_id(revision)
     metadata = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
     data: Any = {}
-    if DATA_FILE in files:
+    name = data_file(files)
+    if name is not None:
         try:
-            data = json.loads(files[DATA_FILE])
+            data = json.loads(files[name])
         except ValueError as error:
-            raise StoreError(f"{label}: {DATA_FILE} is not JSON: {error}") from error
+            raise StoreError(f"{label}: {name} is not JSON: {error}") from error
     signatures = files.get(SIGNATURES_FILE)
     kid = token_header(signatures).get("kid") if signatures is not None else None
     return BundleFacts(

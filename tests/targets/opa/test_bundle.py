@@ -63,7 +63,7 @@ def test_manifest_declares_roots_revision_and_source(cli: Cli, tmp_path: Path) -
     ).stdout.strip()
     assert cli("compile", repo / "policies", "--out", tmp_path / "out").returncode == 0
     manifest = _manifest(tmp_path / "out" / "bundle.tar.gz")
-    assert manifest["roots"] == ["nauthera"]
+    assert manifest["roots"] == ["nauthera", "nauthera_data"]
     assert manifest["rego_version"] == 1
     metadata = manifest["metadata"]
     assert isinstance(metadata, dict)

@@ -51,7 +51,7 @@ def _apply(data: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, 
     result = copy.deepcopy(data)
     for operation in operations:
         path = [_unescape(s) for s in operation["path"].strip("/").split("/")]
-        assert path[0] == "nauthera"
+        assert path[0] == "nauthera_data"
         path = path[1:]
         if not path:
             result = copy.deepcopy(operation["value"])
@@ -69,7 +69,7 @@ def _apply(data: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, 
 
 def _state(value: dict[str, Any], revision: str) -> Any:
     manifest = json.dumps({"revision": revision, "roots": ["nauthera"]}).encode()
-    return bundle_state({".manifest": manifest, "nauthera/data.json": canonical(value)})
+    return bundle_state({".manifest": manifest, "nauthera_data/data.json": canonical(value)})
 
 
 @settings(max_examples=100, deadline=None)
@@ -103,7 +103,7 @@ def test_a_delta_bundle_carries_the_manifest_and_the_patch(tmp_path: Any) -> Non
     assert set(files) == {".manifest", "patch.json"}
     assert json.loads(files[".manifest"])["revision"] == "b"
     assert json.loads(files["patch.json"]) == {
-        "data": [{"op": "upsert", "path": "/nauthera/policies/security~1p1", "value": {"id": "security/p1"}}]
+        "data": [{"op": "upsert", "path": "/nauthera_data/policies/security~1p1", "value": {"id": "security/p1"}}]
     }
 
 
@@ -112,14 +112,14 @@ def test_bundles_that_a_delta_cannot_reach_have_no_patch() -> None:
     signed = bundle_state(
         {
             ".manifest": b'{"revision": "b", "roots": ["nauthera"]}',
-            "nauthera/data.json": b"{}",
+            "nauthera_data/data.json": b"{}",
             ".signatures.json": b'{"signatures": []}',
         }
     )
     other_rego = bundle_state(
         {
             ".manifest": b'{"revision": "c", "roots": ["nauthera"]}',
-            "nauthera/data.json": b"{}",
+            "nauthera_data/data.json": b"{}",
             "nauthera/x.rego": b"package nauthera.x\n",
         }
     )

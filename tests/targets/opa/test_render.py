@@ -103,7 +103,7 @@ def test_policy_values_never_appear_in_rego_source(tmp_path: Path) -> None:
         if name.endswith(".rego"):
             content = rendered.file(name)
             assert b"zz-marker-scope" not in content and b"allow := true #" not in content, name
-    assert b"zz-marker-scope" in rendered.file("nauthera/data.json")
+    assert b"zz-marker-scope" in rendered.file("nauthera_data/data.json")
 
 
 def test_index_places_each_policy_by_its_most_selective_target() -> None:

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOTS = ("nauthera",)
+#: The Rego packages' root and the policy data's (see `render.DATA_ROOT`).
+ROOTS = ("nauthera", "nauthera_data")
 MANIFEST = ".manifest"
 #: A file's content: its bytes, or the pieces that concatenate to them (a large data.json).
 Content = bytes | Sequence[bytes]

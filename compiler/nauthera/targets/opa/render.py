@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -12,18 +12,38 @@ from nauthera.compile.diagnostics import Position
 from nauthera.compile.model import Policy
 from nauthera.compile.patterns import literal_prefix
 from nauthera.compile.schema import client_json_schema
-from nauthera.targets.fixtures import fixture_sets, schema_fixture, violating_name
+from nauthera.targets.fixtures import policy_fixture_set, schema_fixture, violating_name
 from nauthera.targets.opa.bundle import Content, policy_digest
-from nauthera.targets.opa.datatree import SPLIT_DEPTH, DataNode, branch, build, canonical, member, pieces
+from nauthera.targets.opa.datatree import (
+    SPLIT_DEPTH,
+    DataNode,
+    branch,
+    build,
+    canonical,
+    leaf,
+    member,
+    pieces,
+    serialize,
+)
 from nauthera.targets.parameters import policy_parameters
 from nauthera.targets.rego import render_template
 
 ANY_TYPE = "*"
 OPA_LIB_PACKAGE = "nauthera.lib"
 FIXTURE_ROOT = "nauthera_fixtures"
-DATA_FILE = "nauthera/data.json"
-#: Where a bundle's data.json sits in `data` (its folder), for delta patches.
-DATA_MOUNT = ("nauthera",)
+#: The policy data lives in its own root, beside the Rego's `nauthera`: OPA applies a delta patch
+#: under a root that also holds Rego packages by deep-copying that root's data for every rule it checks
+#: for conflicts (storage.NonEmpty reads each rule path's nearest existing prefix), which at 10,000
+#: policies did not finish in a minute; under its own root the same patch activates within a second.
+DATA_ROOT = "nauthera_data"
+DATA_FILE = f"{DATA_ROOT}/data.json"
+#: Where bundles compiled before the data had its own root kept it.
+LEGACY_DATA_FILE = "nauthera/data.json"
+
+
+def data_file(files: Mapping[str, object]) -> str | None:
+    """The name of a Nauthera bundle's data file among `files` (new or legacy layout), if any."""
+    return next((name for name in (DATA_FILE, LEGACY_DATA_FILE) if name in files), None)
 
 
 def _index_keys(policy: Policy) -> list[tuple[str, ...]]:
@@ -139,26 +159,37 @@ def render_opa(policies: Sequence[Policy], fail_closed: bool) -> RenderedOpa:
     return render_fragments([policy_fragment(p) for p in policies], fail_closed)
 
 
-def render_fixture_tests(policies: Sequence[Policy]) -> dict[str, bytes]:
-    """The generated test folder: fixture data plus one data-driven Rego test per expectation.
+def fixture_entry(policy: Policy) -> bytes | None:
+    """One policy's entry in the generated tests' data (its compliant client, and per constraint the
+    `spec` members a violating client changes), serialized; None when no client can satisfy it."""
+    found = policy_fixture_set(policy)
+    if found is None:
+        return None
+    name = violating_name(found.compliant["metadata"]["name"])
+    return canonical(
+        {"client": found.compliant, "violating_name": name, "violations": dict(found.violations)}
+    )
 
-    Each policy's violating clients are stored as the `spec` members they change in its compliant
-    client (the test rebuilds them), which keeps the data a fifth of what whole clients would take.
-    """
-    data = {
-        "malformed": schema_fixture().client,
-        "policies": {
-            found.policy: {
-                "client": found.compliant,
-                "violating_name": violating_name(found.compliant["metadata"]["name"]),
-                "violations": dict(found.violations),
-            }
-            for found in fixture_sets(policies)
-        },
-    }
+
+def render_fixture_data(entries: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The generated test folder from the policies' entries (policy id → `fixture_entry`): the fixture
+    data plus one data-driven Rego test per expectation. Storing violating clients as the members
+    they change keeps the data a quarter of what whole clients would take; the test rebuilds them."""
+    data = branch(
+        {
+            "malformed": build(schema_fixture().client, SPLIT_DEPTH),
+            "policies": branch({policy: leaf(entry) for policy, entry in entries.items()}),
+        }
+    )
     manifest = {"roots": [FIXTURE_ROOT, f"{FIXTURE_ROOT}_test"]}
     return {
         ".manifest": json.dumps(manifest, sort_keys=True).encode(),
-        f"{FIXTURE_ROOT}/data.json": json.dumps(data, sort_keys=True, separators=(",", ":")).encode(),
+        f"{FIXTURE_ROOT}/data.json": serialize(data),
         f"{FIXTURE_ROOT}/generated_test.rego": render_template("fixtures_test.rego.j2").encode(),
     }
+
+
+def render_fixture_tests(policies: Sequence[Policy]) -> dict[str, bytes]:
+    """The generated test folder for `policies` (see `render_fixture_data`)."""
+    entries = {p.id: entry for p in policies if (entry := fixture_entry(p)) is not None}
+    return render_fixture_data(entries)

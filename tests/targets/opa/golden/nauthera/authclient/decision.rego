@@ -28,11 +28,11 @@ allowed if {
 
 default schema_errors := {"AuthClient does not match its schema: no input document was given"}
 
-schema_errors := checks.schema_messages(input, data.nauthera.schema.authclient)
+schema_errors := checks.schema_messages(input, data.nauthera_data.schema.authclient)
 
 client := checks.client_view(input) if count(schema_errors) == 0
 
-# Every lookup below is one full path into data.nauthera.index. Binding a whole bucket to a variable
+# Every lookup below is one full path into data.nauthera_data.index. Binding a whole bucket to a variable
 # instead would make OPA materialise all of it, and the decision's cost would grow with the bundle.
 bucket_types := [client.type, "*"]
 
@@ -41,28 +41,28 @@ bucket_types := [client.type, "*"]
 candidates contains id if {
 	some app_type in bucket_types
 	some length in numbers.range(0, count(client.namespace))
-	some id in data.nauthera.index[app_type].namespace_prefix[substring(client.namespace, 0, length)]
+	some id in data.nauthera_data.index[app_type].namespace_prefix[substring(client.namespace, 0, length)]
 }
 
 candidates contains id if {
 	some app_type in bucket_types
 	some key, value in client.labels
-	some id in data.nauthera.index[app_type].label[key][value]
+	some id in data.nauthera_data.index[app_type].label[key][value]
 }
 
 candidates contains id if {
 	some app_type in bucket_types
-	some id in data.nauthera.index[app_type].unindexed
+	some id in data.nauthera_data.index[app_type].unindexed
 }
 
 governing contains id if {
 	some id in candidates
-	checks.targets_match(data.nauthera.policies[id].targets, client)
+	checks.targets_match(data.nauthera_data.policies[id].targets, client)
 }
 
 outcomes contains outcome if {
 	some id in governing
-	policy := data.nauthera.policies[id]
+	policy := data.nauthera_data.policies[id]
 	some finding in checks.findings(policy, client)
 	outcome := {"policy": id, "field": finding.field, "message": finding.message, "action": policy.action}
 }
@@ -82,7 +82,7 @@ violations contains {"policy": null, "field": "schema", "message": msg} if {
 
 violations contains {"policy": null, "field": "targets", "message": msg} if {
 	count(governing) == 0
-	data.nauthera.settings.fail_closed == true
+	data.nauthera_data.settings.fail_closed == true
 	msg := sprintf("no AuthPolicy governs AuthClient %s", [client.id])
 }
 
