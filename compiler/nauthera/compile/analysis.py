@@ -14,6 +14,8 @@ import gc
 import hashlib
 import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -139,7 +141,8 @@ def analyse_sources(
 
     `transform` (a module-level function, so workers can run it) turns each valid policy into what
     the caller keeps: the policy itself (`keep_policy`), or a target's rendering of it.
-    Workers are spawned, not forked: the sidecar compiles from a thread, and forking a threaded
+    Workers are forked when this process has a single thread (they start at once and share its
+    memory), and spawned otherwise: the sidecar compiles changes from a thread, and forking a threaded
     process can deadlock. They read the files themselves, so content never travels through pipes.
     """
     task = functools.partial(read_and_analyse, transform)
@@ -150,7 +153,8 @@ def analyse_sources(
             if on_source:
                 on_source(source)
         return
-    context = multiprocessing.get_context("spawn")
+    single_threaded = sys.platform == "linux" and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if single_threaded else "spawn")
     # Few large chunks: with one task per small file, pickling round trips cost more than parsing.
     chunk = max(1, len(sources) // (workers * 8))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start) as pool:
@@ -185,13 +189,15 @@ def merge(
 def analyse(
     paths: Sequence[Path],
     on_file: Callable[[Path], None] | None = None,
-) -> tuple[list[Policy], list[Diagnostic]]:
-    """Everything short of writing: the valid policies and every diagnostic."""
+    transform: Callable[[Policy], Item] = keep_policy,  # type: ignore[assignment]
+) -> tuple[list[Item], list[Diagnostic]]:
+    """Everything short of writing: the valid policies (or what `transform` made of each, in the
+    worker processes) and every diagnostic."""
 
     def on_source(source: Source) -> None:
         if on_file is not None and source.path is not None:
             on_file(source.path)
 
     with collector_paused():
-        analysed = analyse_sources(folder_sources(paths), keep_policy, on_source)
+        analysed = analyse_sources(folder_sources(paths), transform, on_source)
         return merge((a.policies, a.diagnostics, a.identities) for _, _, a in analysed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 _UNITS_NS: dict[str, int] = {
     "ns": 1,
     "us": 1_000,
@@ -44,8 +46,12 @@ def _leading_fraction(text: str) -> tuple[int, float, str]:
     return value, scale, text[index:]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_duration_ns(text: str) -> int:
-    """Return nanoseconds for a Go duration such as `15m`, `1h30m` or `1.5h`; raise DurationError."""
+    """Return nanoseconds for a Go duration such as `15m`, `1h30m` or `1.5h`; raise DurationError.
+
+    Cached: a repository repeats a handful of durations thousands of times, and each is parsed
+    twice (validation, then the model)."""
     rest = text
     negative = False
     if rest[:1] in ("-", "+"):

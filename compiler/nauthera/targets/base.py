@@ -2,6 +2,10 @@
 
 A target turns the validated policies into files in a staging folder; `nauthera.targets.outputs`
 moves them into `--out` all or nothing. A new target is a new module implementing `Target`.
+
+The work is split in two so that a large compile spreads over all cores: `prepare` turns one policy
+into whatever the target keeps of it (rendered fragments, serialized documents), in the worker
+processes that analyse the files; `stage` assembles what they prepared, in the compiling process.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from nauthera.compile.model import Policy
 
@@ -42,8 +46,13 @@ class Target(Protocol):
     #: Everything it owns in the output folder: replaced by its compiles, removed by other targets' compiles.
     owned: tuple[Path, ...]
 
-    def stage(self, policies: Sequence[Policy], options: CompileOptions, staging: Path) -> StagedOutput:
-        """Write this target's outputs under `staging` (laid out as in the output folder)."""
+    def prepare(self, policy: Policy) -> Any:
+        """What `stage` needs of one valid policy (runs in worker processes: return picklable data)."""
+        ...
+
+    def stage(self, prepared: Sequence[Any], options: CompileOptions, staging: Path) -> StagedOutput:
+        """Write this target's outputs under `staging` (laid out as in the output folder), from what
+        `prepare` returned for every valid policy."""
         ...
 
 

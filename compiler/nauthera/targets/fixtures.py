@@ -197,7 +197,3 @@ def schema_fixture() -> Fixture:
         "spec": {"grantTypes": "authorization_code"},
     }
     return Fixture("malformed client fails closed", None, "schema", client)
-
-
-def fixture_sets(policies: Sequence[Policy]) -> list[PolicyFixtures]:
-    return [found for p in sorted(policies, key=lambda p: p.id) if (found := policy_fixture_set(p))]

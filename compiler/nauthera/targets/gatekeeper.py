@@ -448,22 +448,36 @@ def _suite(name: str, kind: str, constraint: str, cases: list[dict[str, Any]]) -
     return _document({"apiVersion": SUITE_API, "kind": "Suite", "metadata": {"name": name}, "tests": [test]})
 
 
-def _policy_suite(policy: Policy, name: str) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class GatekeeperPolicy:
+    """One policy prepared for the Gatekeeper target: the policy (its Constraint's name depends on all
+    the others) and its fixtures as suite samples, (what each expects, document)."""
+
+    policy: Policy
+    samples: tuple[tuple[str, bytes], ...]
+
+
+def prepare_gatekeeper(policy: Policy) -> GatekeeperPolicy:
+    samples = tuple((f.expect, _document(f.client)) for f in policy_fixtures(policy))
+    return GatekeeperPolicy(policy, samples)
+
+
+def _policy_suite(prepared: GatekeeperPolicy, name: str) -> dict[str, bytes]:
     """The policy's own Constraint against its fixtures: compliant → no violation, each bad one → some."""
     files: dict[str, bytes] = {}
     cases = []
-    for index, fixture in enumerate(policy_fixtures(policy)):
-        compliant = fixture.expect == COMPLIANT
+    for index, (expect, document) in enumerate(prepared.samples):
+        compliant = expect == COMPLIANT
         sample = (
             "samples/example_allowed.yaml" if compliant else f"samples/example_disallowed_{index:02d}.yaml"
         )
-        files[sample] = _document(fixture.client)
+        files[sample] = document
         assertion: dict[str, Any] = {"violations": "no" if compliant else "yes"}
         if not compliant:
-            assertion["message"] = re.escape(policy.id)
+            assertion["message"] = re.escape(prepared.policy.id)
         cases.append(
             {
-                "name": "compliant" if compliant else f"violates-{_case_name(fixture.expect)}",
+                "name": "compliant" if compliant else f"violates-{_case_name(expect)}",
                 "object": sample,
                 "assertions": [assertion],
             }
@@ -498,6 +512,21 @@ def _governed_suite(compliant: dict[str, str]) -> dict[str, bytes]:
     return files
 
 
+def _suites(prepared: Sequence[GatekeeperPolicy]) -> dict[str, bytes]:
+    names = constraint_names([p.policy for p in prepared])
+    files: dict[str, bytes] = {}
+    compliant: dict[str, str] = {}
+    for each in prepared:
+        name = names[each.policy.id]
+        for path, content in _policy_suite(each, name).items():
+            files[f"{name}/{path}"] = content
+        if f"{name}/samples/example_allowed.yaml" in files:
+            compliant[each.policy.id] = name
+    for path, content in _governed_suite(compliant).items():
+        files[f"{GOVERNED_SUITE_DIR}/{path}"] = content
+    return dict(sorted(files.items()))
+
+
 def render_gatekeeper_suites(policies: Sequence[Policy]) -> dict[str, bytes]:
     """Files under DIR/tests/gatekeeper/, gatekeeper-library style, for `gator verify DIR/tests/...`.
 
@@ -507,18 +536,7 @@ def render_gatekeeper_suites(policies: Sequence[Policy]) -> dict[str, bytes]:
     in DIR/gatekeeper/ and the compliant clients in the policies' folders, rather than copies: at
     10,000 policies the copies were 20,000 of the files a compile writes.
     """
-    names = constraint_names(policies)
-    files: dict[str, bytes] = {}
-    compliant: dict[str, str] = {}
-    for policy in policies:
-        name = names[policy.id]
-        for path, content in _policy_suite(policy, name).items():
-            files[f"{name}/{path}"] = content
-        if f"{name}/samples/example_allowed.yaml" in files:
-            compliant[policy.id] = name
-    for path, content in _governed_suite(compliant).items():
-        files[f"{GOVERNED_SUITE_DIR}/{path}"] = content
-    return dict(sorted(files.items()))
+    return _suites([prepare_gatekeeper(p) for p in policies])
 
 
 def gatekeeper_regos() -> dict[str, str]:
@@ -538,7 +556,13 @@ class GatekeeperTarget:
     name = "gatekeeper"
     owned: tuple[Path, ...] = (GATEKEEPER_DIR, GATEKEEPER_TESTS_DIR)
 
-    def stage(self, policies: Sequence[Policy], options: CompileOptions, staging: Path) -> StagedOutput:
+    def prepare(self, policy: Policy) -> GatekeeperPolicy:
+        return prepare_gatekeeper(policy)
+
+    def stage(
+        self, prepared: Sequence[GatekeeperPolicy], options: CompileOptions, staging: Path
+    ) -> StagedOutput:
+        policies = [p.policy for p in prepared]
         write_tree(staging / GATEKEEPER_DIR, render_gatekeeper(policies, options.fail_closed))
-        write_tree(staging / GATEKEEPER_TESTS_DIR, render_gatekeeper_suites(policies))
+        write_tree(staging / GATEKEEPER_TESTS_DIR, _suites(prepared))
         return StagedOutput(GATEKEEPER_DIR)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nauthera.compile.analysis import analyse, collector_paused
-from nauthera.compile.diagnostics import Diagnostic, Level, has_errors
+from nauthera.compile.diagnostics import Diagnostic, Level, Position, has_errors
 from nauthera.compile.model import Policy
 from nauthera.targets.base import CompileOptions, Target
 from nauthera.targets.gatekeeper import GatekeeperTarget
@@ -21,10 +23,23 @@ ALL = "all"
 TARGETS = (*BACKENDS, ALL)
 
 
+@dataclass(frozen=True)
+class PreparedPolicy:
+    """A valid policy as each selected target prepared it (`Target.prepare`, in a worker process)."""
+
+    id: str
+    position: Position
+    parts: tuple[Any, ...]
+
+
+def prepare_for(names: tuple[str, ...], policy: Policy) -> PreparedPolicy:
+    return PreparedPolicy(policy.id, policy.position, tuple(BACKENDS[name].prepare(policy) for name in names))
+
+
 @dataclass
 class CompileResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    policies: list[Policy] = field(default_factory=list)
+    policies: list[PreparedPolicy] = field(default_factory=list)
     #: Each compiled target's main artifact in the output folder, by target name.
     artifacts: dict[str, Path] = field(default_factory=dict)
     revision: str | None = None
@@ -88,8 +103,9 @@ def compile_policies(options: CompileOptions, on_file: Callable[[Path], None] | 
 def _compile(
     targets: list[Target], options: CompileOptions, on_file: Callable[[Path], None] | None
 ) -> CompileResult:
-    policies, diagnostics = analyse(options.paths, on_file)
-    result = CompileResult(diagnostics=diagnostics, policies=policies)
+    transform = functools.partial(prepare_for, tuple(target.name for target in targets))
+    prepared, diagnostics = analyse(options.paths, on_file, transform)
+    result = CompileResult(diagnostics=diagnostics, policies=prepared)
     failing = has_errors(diagnostics) or (
         options.fail_on_warn and any(d.level is Level.WARNING for d in diagnostics)
     )
@@ -99,8 +115,8 @@ def _compile(
     # Targets write into a staging folder beside --out, so any error there leaves --out untouched.
     with tempfile.TemporaryDirectory(prefix=".nauthera-", dir=options.out.parent) as tmp:
         staging = Path(tmp)
-        for target in targets:
-            staged = target.stage(policies, options, staging)
+        for index, target in enumerate(targets):
+            staged = target.stage([p.parts[index] for p in prepared], options, staging)
             result.artifacts[target.name] = options.out / staged.artifact
             result.revision = staged.revision or result.revision
         _publish(staging, options.out)
