@@ -27,6 +27,7 @@ from typing import Any
 
 from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
+from nauthera.serve.http import Reply
 from nauthera.store.folder import BundleStore, read_bundle_bytes
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
@@ -39,13 +40,6 @@ SNAPSHOTS_KEPT = 8
 STATES_KEPT = 8
 DELTAS_KEPT = 32
 log = logging.getLogger("nauthera.server")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    body: bytes = b""
 
 
 def json_reply(status: int, document: Any, *headers: tuple[bytes, bytes]) -> Reply:

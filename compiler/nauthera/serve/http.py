@@ -24,14 +24,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
-
-from nauthera.serve.bundles import Reply
 
 log = logging.getLogger("nauthera.server")
 
@@ -42,12 +40,37 @@ Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: A native handler answers through the reply function (now or later) and, for a request it holds,
 #: returns a function that drops it when the client goes away.
-Native = Callable[["HttpRequest", Callable[[Reply], None]], Callable[[], None] | None]
+Native = Callable[["HttpRequest", Callable[["Reply"], None]], Callable[[], None] | None]
 
 _STATUS = {status.value: f"{status.value} {status.phrase}".encode() for status in HTTPStatus}
 _NO_BODY = (204, 304)
 #: Response headers the server sets itself; an application's are dropped.
 _OWN_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date"})
+#: Bodies at least this long are written after their head rather than copied into one buffer.
+_SEPARATE_BODY = 64 * 1024
+
+
+class Reply:
+    """A response: status, headers and body; its status line and headers are encoded once, so a reply
+    kept for reuse (the 304 of a revision) costs one concatenation per request."""
+
+    __slots__ = ("_head", "body", "headers", "status")
+
+    def __init__(self, status: int, headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self._head: bytes | None = None
+
+    def wire_head(self) -> bytes:
+        """The status line and headers (with content-length where a body may follow), no blank line."""
+        if self._head is None:
+            lines = [b"HTTP/1.1 " + _STATUS.get(self.status, str(self.status).encode())]
+            lines += [name + b": " + value for name, value in self.headers]
+            if self.status not in _NO_BODY:
+                lines.append(b"content-length: " + str(len(self.body)).encode())
+            self._head = b"\r\n".join(lines) + b"\r\n"
+        return self._head
 
 
 @dataclass(frozen=True)
@@ -58,20 +81,19 @@ class HttpLimits:
     idle_timeout: float = 75.0
 
 
-@dataclass
 class HttpRequest:
-    method: bytes
-    target: bytes = b""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: list[bytes] = field(default_factory=list)
-    keep_alive: bool = True
+    __slots__ = ("body", "headers", "keep_alive", "method", "target")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.keep_alive = True
 
     @property
     def path(self) -> bytes:
         return self.target.partition(b"?")[0]
-
-    def header_map(self) -> dict[bytes, bytes]:
-        return dict(self.headers)
 
 
 class _Date:
@@ -102,7 +124,7 @@ class _Connection(asyncio.Protocol):
         self.head_size = 0
         self.body_size = 0
         self.drop: Callable[[], None] | None = None
-        self.idle: asyncio.TimerHandle | None = None
+        self.last_active = 0.0
         self.closed = False
         self.paused = False
         self.gone: asyncio.Future[None] | None = None
@@ -112,12 +134,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self.server.connections.add(self)
-        self._arm_idle()
+        self.last_active = self.server.loop_time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        self._disarm_idle()
         if self.drop is not None:
             self.drop()
             self.drop = None
@@ -125,7 +146,7 @@ class _Connection(asyncio.Protocol):
             self.gone.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        self._disarm_idle()
+        self.last_active = self.server.loop_time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -138,7 +159,7 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks -------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.partial = HttpRequest(b"")
+        self.partial = HttpRequest()
         self.head_size = 0
         self.body_size = 0
 
@@ -178,8 +199,6 @@ class _Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         if self.closed or not self.queue:
-            if not self.closed:
-                self._arm_idle()
             return
         if self.paused and self.transport is not None:
             self.transport.resume_reading()
@@ -195,23 +214,27 @@ class _Connection(asyncio.Protocol):
             return
         self.drop = None
         self.current = None
+        self.last_active = self.server.loop_time()
         keep_alive = request.keep_alive and not self.server.stopping
-        head = [b"HTTP/1.1 ", _STATUS.get(reply.status, str(reply.status).encode()), b"\r\n"]
-        for name, value in reply.headers:
-            head += (name, b": ", value, b"\r\n")
-        head += (b"date: ", self.server.date.value(), b"\r\n")
-        if reply.status not in _NO_BODY:
-            head += (b"content-length: ", str(len(reply.body)).encode(), b"\r\n")
-        if not keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        assert self.transport is not None
+        head = reply.wire_head() + b"date: " + self.server.date.value()
+        head += b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n"
         body = reply.body if request.method != b"HEAD" and reply.status not in _NO_BODY else b""
-        self.transport.writelines((b"".join(head), body) if body else (b"".join(head),))
+        assert self.transport is not None
+        if len(body) < _SEPARATE_BODY:
+            self.transport.write(head + body)
+        else:  # a bundle: not copied into one buffer with its head
+            self.transport.write(head)
+            self.transport.write(body)
         if keep_alive:
             self._next()
         else:
             self.transport.close()
+
+    def idle_since(self, now: float) -> float | None:
+        """How long the connection has been waiting for a request, or None while it has one."""
+        if self.current is not None or self.partial is not None or self.queue:
+            return None
+        return now - self.last_active
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer a request that cannot be parsed, then close (its end cannot be found)."""
@@ -232,21 +255,6 @@ class _Connection(asyncio.Protocol):
         self.head_size += size
         if self.head_size > self.server.limits.max_head:
             raise _RequestTooLargeError(431, "request head too large")
-
-    def _arm_idle(self) -> None:
-        if self.idle is None and not self.closed:
-            loop = asyncio.get_running_loop()
-            self.idle = loop.call_later(self.server.limits.idle_timeout, self._close_idle)
-
-    def _disarm_idle(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-            self.idle = None
-
-    def _close_idle(self) -> None:
-        self.idle = None
-        if self.current is None and self.partial is None and self.transport is not None:
-            self.transport.close()
 
     def disconnected(self) -> asyncio.Future[None]:
         if self.gone is None:
@@ -275,6 +283,7 @@ class HttpServer:
         self.date = _Date()
         self.stopping = False
         self.tls = False
+        self.loop_time: Callable[[], float] = time.monotonic
 
     def dispatch(self, connection: _Connection, request: HttpRequest) -> Callable[[], None] | None:
         def reply(answer: Reply) -> None:
@@ -336,6 +345,7 @@ class HttpServer:
     async def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         """Run until cancelled or signalled (SIGINT/SIGTERM); the ASGI lifespan brackets it."""
         loop = asyncio.get_running_loop()
+        self.loop_time = loop.time
         self.tls = tls is not None
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
@@ -348,9 +358,11 @@ class HttpServer:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
+        sweeper = asyncio.ensure_future(self._close_idle())
         try:
             await stop.wait()
         finally:
+            sweeper.cancel()
             self.stopping = True
             server.close()
             for connection in list(self.connections):
@@ -360,6 +372,18 @@ class HttpServer:
             for signum in handled:
                 loop.remove_signal_handler(signum)
             await lifespan.shutdown()
+
+    async def _close_idle(self) -> None:
+        """Close keep-alive connections that sent nothing for `idle_timeout` seconds (one sweep a
+        quarter of that, instead of a timer per request)."""
+        timeout = self.limits.idle_timeout
+        while True:
+            await asyncio.sleep(timeout / 4)
+            now = self.loop_time()
+            for connection in list(self.connections):
+                idle = connection.idle_since(now)
+                if idle is not None and idle > timeout and connection.transport is not None:
+                    connection.transport.close()
 
 
 class _Lifespan:

@@ -35,16 +35,17 @@ from nauthera.serve.bundles import (
     BundleRequest,
     BundleService,
     ChannelWatcher,
-    Reply,
     bearer_matches,
     on_loop,
 )
 from nauthera.serve.fleet import AgentRegistry, DecisionLog
-from nauthera.serve.http import HttpLimits, HttpRequest, HttpServer
+from nauthera.serve.http import HttpLimits, HttpRequest, HttpServer, Reply
 from nauthera.store.folder import BundleStore
 from nauthera.targets.opa.delta import BundleState
 
 BUNDLES_PREFIX = b"/bundles/"
+#: Distinct bundle requests (target and headers) kept parsed.
+_PARSED_KEPT = 4096
 log = logging.getLogger("nauthera.server")
 
 
@@ -108,6 +109,7 @@ class ServerState:
     decisions: DecisionLog = field(init=False)
     watcher: ChannelWatcher = field(init=False)
     bundles: BundleService = field(init=False)
+    _parsed: dict[tuple[bytes, tuple[tuple[bytes, bytes], ...]], BundleRequest] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.agents = AgentRegistry(self.config.max_agents, self.config.stale_after)
@@ -145,9 +147,16 @@ class ServerState:
     def answer_bundle(
         self, request: HttpRequest, reply: Callable[[Reply], None]
     ) -> Callable[[], None] | None:
-        """GET /bundles/<channel> (see `serve.bundles`)."""
-        channel = unquote(request.path[len(BUNDLES_PREFIX) :].decode("latin-1"))
-        parsed = BundleRequest.parse(channel, request.header_map(), self.config.max_wait)
+        """GET /bundles/<channel> (see `serve.bundles`). An agent asks the same thing every time, so
+        parsed requests are kept by their exact target and headers."""
+        key = (request.target, tuple(request.headers))
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            channel = unquote(request.path[len(BUNDLES_PREFIX) :].decode("latin-1"))
+            parsed = BundleRequest.parse(channel, dict(request.headers), self.config.max_wait)
+            if len(self._parsed) >= _PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[key] = parsed
         return self.bundles.handle(self.watcher, parsed, reply)
 
 
