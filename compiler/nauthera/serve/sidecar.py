@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -21,11 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-from opa_client.errors import PolicyNotFoundError
-from opa_client.opa import OpaClient
 from watchfiles import Change, awatch
 
 from nauthera.compile.diagnostics import Level
@@ -35,12 +30,9 @@ from nauthera.errors import NautheraError
 from nauthera.serve.server import ServerState
 from nauthera.store.folder import BundleFacts
 from nauthera.targets.base import CompileOptions
-from nauthera.targets.opa.bundle import read_bundle
 from nauthera.targets.opa.incremental import IncrementalBuild, IncrementalCompiler
 
 log = logging.getLogger("nauthera.sidecar")
-#: Where a pushed OPA records which revision it holds, beside (not inside) the bundle's root.
-PUSH_MARKER = "nauthera_sidecar"
 
 
 @dataclass
@@ -97,70 +89,17 @@ class SourceTree:
         return any(known.startswith(prefix) for known in self._names)
 
 
-class OpaPusher:
-    """Loads policy and data into one OPA over its REST API (opa-python-client), for setups without
-    bundle polling, and loads them again when that OPA comes back empty after a restart."""
-
-    def __init__(self, url: str, token: str | None = None) -> None:
-        parts = urlsplit(url)
-        if not parts.hostname:
-            raise NautheraError(f"--push-to {url!r}: expected a URL like http://127.0.0.1:8181")
-        self.url = url
-        self.client = OpaClient(
-            host=parts.hostname,
-            port=parts.port or 8181,
-            ssl=parts.scheme == "https",
-            token=token,
-            timeout=5.0,
-        )
-
-    def holds(self, revision: str, modules: Sequence[str]) -> bool:
-        """Whether the OPA has this revision: the marker (written last) and every module. Checking the
-        modules too catches an OPA that restarted mid-push and got only the marker."""
-        try:
-            marker = self.client.get_data(PUSH_MARKER)["result"]
-            loaded = set(self.client.get_policies_list())
-        except (PolicyNotFoundError, requests.RequestException, ValueError, KeyError, TypeError):
-            return False
-        return isinstance(marker, dict) and marker.get("revision") == revision and set(modules) <= loaded
-
-    def push(self, bundle: Path, revision: str) -> None:
-        files = read_bundle(bundle)
-        self._push_modules({name: c.decode() for name, c in files.items() if name.endswith(".rego")})
-        self.client.update_or_create_data(json.loads(files["nauthera/data.json"]), "nauthera")
-        self.client.update_or_create_data({"revision": revision}, PUSH_MARKER)
-        log.info("pushed revision %s to %s", revision, self.url)
-
-    def _push_modules(self, modules: dict[str, str]) -> None:
-        """OPA compiles each PUT against the modules it already has, so a module whose imports are not
-        there yet is retried after the others: rounds until everything is in or nothing moves."""
-        pending = dict(sorted(modules.items()))
-        while pending:
-            refused: dict[str, str] = {}
-            last_error: Exception | None = None
-            for name, text in pending.items():
-                try:
-                    self.client.update_policy_from_string(text, name, rego_compat=False)
-                except Exception as error:  # opa-python-client raises bare error types of its own
-                    refused[name], last_error = text, error
-            if len(refused) == len(pending) and last_error is not None:
-                raise last_error
-            pending = refused
-
-
 class Sidecar:
     def __init__(
         self,
         sources: Sequence[Path],
         state: ServerState,
         channel: str,
-        pusher: OpaPusher | None = None,
         debounce: float = 0.2,
     ) -> None:
         self.sources = list(sources)
         self.state = state
         self.channel = channel
-        self.pusher = pusher
         self.debounce = debounce
         self.status = CompileStatus()
         self.tree = SourceTree(self.sources)
@@ -174,7 +113,7 @@ class Sidecar:
     def compile_and_publish(self, changed: Iterable[str] | None = None) -> CompileStatus:
         """Compile the sources (only what `changed` touched, when given); publish clean compiles."""
         with self._lock:
-            started = time.time()
+            started, clock = time.time(), time.perf_counter()
             try:
                 if changed is None:
                     self.tree.rescan()
@@ -191,11 +130,19 @@ class Sidecar:
                         if d.level is Level.ERROR
                     ]
                     return self._failed(started, errors)
+                compiled = time.perf_counter()
                 revision = self._publish(build)
             except NautheraError as error:
                 return self._failed(started, [str(error)])
             self.status = CompileStatus(True, revision, started, [])
-            log.info("compiled %d policies; channel %s serves %s", build.policies, self.channel, revision)
+            log.info(
+                "compiled %d policies in %.3f s, published in %.3f s; channel %s serves %s",
+                build.policies,
+                compiled - clock,
+                time.perf_counter() - compiled,
+                self.channel,
+                revision,
+            )
             return self.status
 
     def _publish(self, build: IncrementalBuild) -> str:
@@ -235,20 +182,3 @@ class Sidecar:
             rust_timeout=1000,
         ):
             await asyncio.to_thread(self.compile_and_publish, {path for _, path in changes})
-
-    async def keep_opa_loaded(self, interval: float = 1.0) -> None:
-        """Push on every new revision, and again whenever the OPA lost what it had (a restart)."""
-        assert self.pusher is not None
-        while True:
-            revision = self.state.store.channel_revision(self.channel)
-            if revision:
-                try:
-                    bundle = self.state.store.bundle_path(revision)
-                    modules = [name for name in read_bundle(bundle) if name.endswith(".rego")]
-                    if not await asyncio.to_thread(self.pusher.holds, revision, modules):
-                        await asyncio.to_thread(self.pusher.push, bundle, revision)
-                except (requests.RequestException, NautheraError, OSError) as error:
-                    log.warning("cannot push to %s yet: %s", self.pusher.url, error)
-                except Exception as error:  # opa-python-client raises bare error types of its own
-                    log.warning("OPA at %s refused the push: %s", self.pusher.url, error)
-            await asyncio.sleep(interval)
