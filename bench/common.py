@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,38 @@ class Child:
         return process_memory_kib(self.pid)
 
 
+class MemorySampler:
+    """Samples a process tree's summed PSS every 20 ms in a thread, from now until `stop` (the peak),
+    so a peak between two looks at VmHWM (a short-lived worker's) is caught too."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.started = time.monotonic()
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid)[0])
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak_kib
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of a live process, in KiB."""
     found = {}
@@ -210,6 +243,8 @@ class Run:
     output: str
     tree_rss_kib: int = 0
     processes: int = 1
+    #: User + system CPU of the child and the children it waited for (its compile workers).
+    cpu_seconds: float = 0.0
 
     @property
     def peak_kib(self) -> int:
@@ -283,7 +318,8 @@ def run_wait4(args: Sequence[str | Path], timeout: float, cwd: Path | None = Non
             seconds = time.perf_counter() - started
             process.returncode = os.waitstatus_to_exitcode(status)
         tail = log.read_text(errors="replace")[-4000:]
-        return Run(seconds, int(usage.ru_maxrss), process.returncode, tail, tree_peak, processes)
+        cpu = usage.ru_utime + usage.ru_stime
+        return Run(seconds, int(usage.ru_maxrss), process.returncode, tail, tree_peak, processes, cpu)
     finally:
         log.unlink(missing_ok=True)
 
@@ -328,7 +364,7 @@ def tool_versions() -> dict[str, str]:
         import matplotlib  # noqa: PLC0415 - optional
 
         versions["matplotlib"] = matplotlib.__version__
-    for module in ("uvicorn", "starlette"):
+    for module in ("httptools", "uvloop", "starlette"):
         with contextlib.suppress(ImportError):
             versions[module] = __import__(module).__version__
     return versions

@@ -157,7 +157,18 @@ def _plot_compile(result: dict[str, Any], plt: Any) -> Any:
             capsize=3,
             label=label,
         )
-    left.axhline(10, color="red", linestyle="--", linewidth=1, label="goal at 10,000: 10 s")
+    everything = sorted(
+        (s for k, s in result["series"].items() if k.startswith("all-")), key=lambda s: s["policies"]
+    )
+    if everything:
+        left.plot(
+            [s["policies"] for s in everything],
+            [s["summary"]["seconds"]["median"] for s in everything],
+            marker="D",
+            label="nauthera compile --target all",
+        )
+    left.axhline(8, color="red", linestyle="--", linewidth=1, label="goal at 10,000: 8 s (opa)")
+    left.axhline(20, color="darkred", linestyle=":", linewidth=1, label="goal at 10,000: 20 s (all)")
     left.set(
         xscale="log",
         yscale="log",
@@ -200,13 +211,20 @@ def _plot_decision(result: dict[str, Any], plt: Any) -> Any:
 
 
 def _plot_enforcement(result: dict[str, Any], plt: Any) -> Any:
-    from bench.enforcement_bench import DEFAULT_POLLING, DEMO_POLLING, residual_quantile  # noqa: PLC0415
+    from bench.enforcement_bench import (  # noqa: PLC0415
+        DEFAULT_POLLING,
+        DEMO_POLLING,
+        GOAL_P99_SECONDS,
+        TARGET_P99_SECONDS,
+        residual_quantile,
+    )
 
-    figure, axis = plt.subplots(figsize=(9, 4.2))
-    for key, series in result["series"].items():
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    ordered = sorted(result["series"].items(), key=lambda item: int(item[0]))
+    for key, series in ordered:
         samples = sorted(series["samples_seconds"])
         if samples:
-            axis.step(
+            left.step(
                 samples,
                 [(i + 1) / len(samples) for i in range(len(samples))],
                 where="post",
@@ -214,35 +232,49 @@ def _plot_enforcement(result: dict[str, Any], plt: Any) -> Any:
             )
         plain = sorted(series.get("plain_polling_samples_seconds") or [])
         if plain:
-            axis.plot(
+            left.plot(
                 plain,
                 [(i + 1) / len(plain) for i in range(len(plain))],
                 "x",
                 label="plain polling 1-2 s (measured)",
             )
     qs = [i / 200 for i in range(201)]
-    axis.plot(
+    left.plot(
         [residual_quantile(q, *DEFAULT_POLLING) for q in qs],
         qs,
         linestyle="--",
         label="OPA default polling 60-120 s (computed)",
     )
-    first = next(iter(result["series"].values()), None)
+    first = result["series"].get("100")
     if first and first.get("plain_polling_samples_seconds") and first["summary_seconds"].get("n"):
         shift = first["summary_seconds"]["median"]
-        axis.plot(
+        left.plot(
             [shift + residual_quantile(q, *DEMO_POLLING) for q in qs],
             qs,
             linestyle=":",
             label="model: 1-2 s polling + long-poll p50",
         )
-    axis.set(
+    left.set(
         xscale="log",
         xlabel="seconds from file write to the new decision",
         ylabel="fraction of edits",
         title="Change-to-enforcement (CDF)",
     )
-    axis.legend(fontsize=8)
+    left.legend(fontsize=7)
+    measured = [(int(k), s["summary_seconds"]) for k, s in ordered if s["summary_seconds"].get("n")]
+    counts = [c for c, _ in measured]
+    right.plot(counts, [s["median"] for _, s in measured], marker="o", label="p50")
+    right.plot(counts, [s["p99"] for _, s in measured], marker="s", label="p99")
+    right.axhline(GOAL_P99_SECONDS, color="red", linestyle="--", linewidth=1, label="goal: p99 1 s")
+    right.axhline(TARGET_P99_SECONDS, color="green", linestyle=":", linewidth=1, label="target: p99 0.3 s")
+    right.set(
+        xscale="log",
+        yscale="log",
+        xlabel="policies in the watched repository",
+        ylabel="seconds",
+        title="Edit to new decision as the repository grows",
+    )
+    right.legend(fontsize=8)
     return figure
 
 

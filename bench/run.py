@@ -33,9 +33,9 @@ from bench.common import RESULTS_DIR, Budget, Result, Ui, Workspace, machine_inf
 Measure = Callable[[Workspace, Ui, Budget], Result]
 #: Each measure's share of the time budget (seconds, full run); loops inside stop early past it.
 MEASURES: dict[str, tuple[Measure, float]] = {
-    "compile": (compile_bench.run, 200),
+    "compile": (compile_bench.run, 420),
     "decision": (decision_bench.run, 280),
-    "enforcement": (enforcement_bench.run, 150),
+    "enforcement": (enforcement_bench.run, 300),
     "server": (server_bench.run, 150),
 }
 
