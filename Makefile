@@ -1,7 +1,7 @@
 # Nauthera developer entry points. `make demo` runs the main job on examples/, `make test` the test suite.
 PYTHON ?= python3
 TOOLS_BIN := $(CURDIR)/.tools/bin
-TOOL_NAMES := opa regal gator
+TOOL_NAMES := opa regal gator etcd kube-apiserver kubectl gatekeeper registry
 export PATH := $(TOOLS_BIN):$(PATH)
 
 .PHONY: setup deps tools demo test lint typecheck rego-gates pytest golden clean bench bench-deps
@@ -17,6 +17,27 @@ tools: $(addprefix $(TOOLS_BIN)/,$(TOOL_NAMES))
 
 $(TOOLS_BIN)/%: tools/%/go.mod tools/%/go.sum
 	cd tools/$* && GOBIN=$(TOOLS_BIN) go install tool
+	@test -x $@ || { echo "make tools: $* was not built" >&2; exit 1; }
+	@touch $@
+
+# etcd's main package is go.etcd.io/etcd/server/v3, which `go install` would name "server".
+$(TOOLS_BIN)/etcd: tools/etcd/go.mod tools/etcd/go.sum
+	cd tools/etcd && go build -o $@ go.etcd.io/etcd/server/v3
+	@test -x $@ || { echo "make tools: etcd was not built" >&2; exit 1; }
+	@touch $@
+
+# kube-apiserver and kubectl share tools/kubernetes. Unstamped they report v0.0.0-master, so they are
+# stamped with the pinned release's version and, for reproducible binaries, its publication time as the
+# build date. KUBE_RELEASE ("v1.37.2 2026-10-27T12:01:04Z") runs `go list` once, only when a recipe needs it.
+KUBE_RELEASE = $(eval KUBE_RELEASE := $$(shell cd tools/kubernetes && go list -m -f '{{.Version}} {{.Time.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes))$(KUBE_RELEASE)
+KUBE_SEMVER = $(subst ., ,$(patsubst v%,%,$(word 1,$(KUBE_RELEASE))))
+KUBE_LDFLAGS = $(if $(word 2,$(KUBE_RELEASE)),,$(error make tools: no k8s.io/kubernetes version from tools/kubernetes))\
+	$(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+	-X $(pkg).gitVersion=$(word 1,$(KUBE_RELEASE)) -X $(pkg).gitMajor=$(word 1,$(KUBE_SEMVER)) \
+	-X $(pkg).gitMinor=$(word 2,$(KUBE_SEMVER)) -X $(pkg).gitTreeState=clean -X $(pkg).buildDate=$(word 2,$(KUBE_RELEASE)))
+
+$(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kubectl: $(TOOLS_BIN)/%: tools/kubernetes/go.mod tools/kubernetes/go.sum
+	cd tools/kubernetes && go build -ldflags '$(strip $(KUBE_LDFLAGS))' -o $@ k8s.io/kubernetes/cmd/$*
 	@test -x $@ || { echo "make tools: $* was not built" >&2; exit 1; }
 	@touch $@
 
