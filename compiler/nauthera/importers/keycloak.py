@@ -49,10 +49,10 @@ DEFAULT_SSO_SESSION_MAX = 36000
 
 @dataclass(frozen=True)
 class Switch:
-    """What turns something on: a ClientRepresentation flag or a boolean attribute (with its default)."""
+    """What turns something on: a ClientRepresentation flag, or a boolean attribute with its default."""
 
-    flag: str | None = None
-    attribute: str | None = None
+    name: str
+    attribute: bool = False
     default: bool = False
 
 
@@ -64,16 +64,16 @@ class GrantRow:
 
 #: Grant types in the order they are listed (SPEC §9, plus Keycloak 26.2's standard token exchange).
 GRANT_ROWS: tuple[GrantRow, ...] = (
-    GrantRow("authorization_code", Switch(flag="standardFlowEnabled")),
-    GrantRow("implicit", Switch(flag="implicitFlowEnabled")),
-    GrantRow("password", Switch(flag="directAccessGrantsEnabled")),
-    GrantRow("client_credentials", Switch(flag="serviceAccountsEnabled")),
-    GrantRow(DEVICE_CODE, Switch(attribute="oauth2.device.authorization.grant.enabled")),
-    GrantRow(TOKEN_EXCHANGE, Switch(attribute="standard.token.exchange.enabled")),
+    GrantRow("authorization_code", Switch("standardFlowEnabled")),
+    GrantRow("implicit", Switch("implicitFlowEnabled")),
+    GrantRow("password", Switch("directAccessGrantsEnabled")),
+    GrantRow("client_credentials", Switch("serviceAccountsEnabled")),
+    GrantRow(DEVICE_CODE, Switch("oauth2.device.authorization.grant.enabled", attribute=True)),
+    GrantRow(TOKEN_EXCHANGE, Switch("standard.token.exchange.enabled", attribute=True)),
 )
 #: refresh_token is added when one of these grants is on and this attribute reads true.
 REFRESH_TOKEN_GRANTS = ("authorization_code", "password")
-REFRESH_TOKEN_SWITCH = Switch(attribute="use.refresh.tokens", default=True)
+REFRESH_TOKEN_SWITCH = Switch("use.refresh.tokens", attribute=True, default=True)
 #: Response types each combination of front-channel grants allows (OIDC Core 3: code, implicit, hybrid).
 RESPONSE_TYPE_ROWS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("authorization_code",), ("code",)),
@@ -147,7 +147,6 @@ IGNORED_ATTRIBUTES = frozenset(
         "request.uris",
         "require.pushed.authorization.requests",
         "tls.client.certificate.bound.access.tokens",
-        "tls-client-certificate-bound-access-tokens",
         "token.endpoint.auth.signing.alg",
         "token.response.type.bearer.lower-case",
         "tosUri",
@@ -259,10 +258,9 @@ class _Client:
         return value.lower() == "true"
 
     def switch(self, switch: Switch) -> bool:
-        if switch.flag is not None:
-            return self.flag(switch.flag)
-        assert switch.attribute is not None
-        return self.boolean_attribute(switch.attribute, switch.default)
+        if switch.attribute:
+            return self.boolean_attribute(switch.name, switch.default)
+        return self.flag(switch.name)
 
     def strings(self, name: str) -> list[str]:
         value = self.raw.get(name)
@@ -301,13 +299,11 @@ def _pkce(client: _Client, value: str | None) -> Any:
 
 
 def go_duration(seconds: int) -> str:
-    """Whole seconds as the shortest Go duration: 3600 → 1h, 5400 → 1h30m, 90 → 1m30s."""
+    """Whole seconds (> 0) as the shortest Go duration: 3600 → 1h, 5400 → 1h30m, 90 → 1m30s."""
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    text = "".join(
-        f"{amount}{unit}" for amount, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if amount
-    )
-    return text or "0s"
+    parts = ((hours, "h"), (minutes, "m"), (secs, "s"))
+    return "".join(f"{amount}{unit}" for amount, unit in parts if amount)
 
 
 def _access_token_lifespan(client: _Client, value: str | None) -> Any:
@@ -346,8 +342,8 @@ ATTRIBUTE_FIELDS: tuple[AttributeField, ...] = (
 )
 _READ_ATTRIBUTES = frozenset(
     {
-        *(row.switch.attribute for row in GRANT_ROWS if row.switch.attribute),
-        REFRESH_TOKEN_SWITCH.attribute,
+        *(row.switch.name for row in GRANT_ROWS if row.switch.attribute),
+        REFRESH_TOKEN_SWITCH.name,
         *(row.attribute for row in ATTRIBUTE_FIELDS),
         *UNAUDITED_WHEN_TRUE,
     }
