@@ -209,6 +209,8 @@ def nesting_bound(text: str) -> int:
         if not flow and not any(bracket in stripped for bracket in "[{"):
             deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators)
             continue
+        base = len(line) - len(line.lstrip(" ")) + indicators
+        deepest = max(deepest, base + flow)
         for char in stripped:
             if quote:
                 quote = "" if char == quote else quote
@@ -216,11 +218,11 @@ def nesting_bound(text: str) -> int:
                 quote = char
             elif char in "[{":
                 flow += 1
+                deepest = max(deepest, base + flow)  # `[[[…]]]` on one line nests as deep as it opens
             elif char in "]}":
                 flow = max(flow - 1, 0)
             elif char == "#":
                 break
-        deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators + flow)
     return deepest
 
 
