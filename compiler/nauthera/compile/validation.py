@@ -81,15 +81,18 @@ def _duration_hint(text: str) -> str:
 
 def _metadata_diagnostics(doc: SourceDocument, _spec: dict[str, Any]) -> Iterator[Diagnostic]:
     metadata = doc.content["metadata"]
-    checks = (("name", _DNS_SUBDOMAIN, 253, "a DNS subdomain"), ("namespace", _DNS_LABEL, 63, "a DNS label"))
-    for key, pattern, limit, what in checks:
+    checks = (
+        ("name", _DNS_SUBDOMAIN, 253, "a DNS subdomain: lower-case alphanumerics, '-' and '.'"),
+        ("namespace", _DNS_LABEL, 63, "a DNS label: lower-case alphanumerics and '-'"),
+    )
+    for key, pattern, limit, rule in checks:
         value = metadata[key]
         if len(value) > limit or not pattern.match(value):
             yield Diagnostic(
                 Level.ERROR,
                 doc.value_position(("metadata", key)),
                 "invalid-name",
-                f"metadata.{key} {value!r} must be {what}: lower-case letters, digits and '-', "
+                f"metadata.{key} {value!r} must be {rule}, starting and ending with an alphanumeric, "
                 f"at most {limit} characters",
             )
 
