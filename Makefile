@@ -4,9 +4,9 @@ TOOLS_BIN := $(CURDIR)/.tools/bin
 TOOL_NAMES := opa regal gator etcd kube-apiserver kubectl gatekeeper registry
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: setup deps tools demo test lint typecheck rego-gates pytest golden clean bench bench-deps
+.PHONY: setup deps tools sarif-tool demo test lint typecheck rego-gates pytest golden clean bench bench-deps
 
-setup: deps tools
+setup: deps tools sarif-tool
 
 deps:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -39,6 +39,18 @@ KUBE_LDFLAGS = $(if $(word 2,$(KUBE_RELEASE)),,$(error make tools: no k8s.io/kub
 $(TOOLS_BIN)/kube-apiserver $(TOOLS_BIN)/kubectl: $(TOOLS_BIN)/%: tools/kubernetes/go.mod tools/kubernetes/go.sum
 	cd tools/kubernetes && go build -ldflags '$(strip $(KUBE_LDFLAGS))' -o $@ k8s.io/kubernetes/cmd/$*
 	@test -x $@ || { echo "make tools: $* was not built" >&2; exit 1; }
+	@touch $@
+
+# Microsoft's SARIF validator (`sarif-multitool`, a self-contained .NET binary in an npm package) checks
+# `compile --format sarif` in the tests. Pinned by tools/sarif/package-lock.json and installed with `npm ci`
+# into the git-ignored tools/sarif/node_modules; needs Node.js with npm. npm may withhold the package's
+# install script (it only marks the binary executable), so the mode is set here.
+SARIF_MULTITOOL := tools/sarif/node_modules/.installed
+sarif-tool: $(SARIF_MULTITOOL)
+
+$(SARIF_MULTITOOL): tools/sarif/package.json tools/sarif/package-lock.json
+	cd tools/sarif && npm ci --no-audit --no-fund --loglevel=error
+	chmod u+x tools/sarif/node_modules/@microsoft/sarif-multitool-*/Sarif.Multitool
 	@touch $@
 
 demo: setup

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nauthera.engines.tools import find_tool
 from nauthera.errors import ToolNotFoundError
+from nauthera.targets.base import CompileOptions
+from nauthera.targets.outputs import compile_policies
+
+from .harness.cli import nauthera
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -29,26 +32,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError("required engines are missing (run `make tools`):\n" + "\n".join(missing))
 
 
+def compile_to(policies: Path, out: Path) -> Path:
+    """Compile a policy folder with the real pipeline; the bundle path."""
+    result = compile_policies(CompileOptions(paths=[policies], out=out))
+    assert result.ok and result.bundle is not None, result.diagnostics
+    return result.bundle
+
+
+@pytest.fixture(scope="session")
+def example_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/policies compiled once; tests copy it, never change it."""
+    return compile_to(EXAMPLES / "policies", tmp_path_factory.mktemp("examples"))
+
+
 @pytest.fixture
 def cli() -> Cli:
-    """Run the real command line in a subprocess, exactly as users and CI do."""
-
-    def run(
-        *args: str | Path,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "nauthera", *map(str, args)],
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            env=env,
-            check=False,
-            timeout=300,
-        )
-
-    return run
+    """Run the real command line in a subprocess, exactly as users and CI do (never with a traceback)."""
+    return nauthera
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ One module per command family; this one assembles the `nauthera` group.
 
 from __future__ import annotations
 
+import io
+import sys
+
 import click
 
 from nauthera import __version__
@@ -19,6 +22,11 @@ from nauthera.cli.store import impact_command
 @click.version_option(__version__, prog_name="nauthera")
 def main() -> None:
     """Compile AuthPolicy YAML into OPA bundles and check AuthClients against them."""
+    # A file name that is not UTF-8 arrives as surrogates (PEP 383); print it back as the same bytes,
+    # as ls and cat do, instead of failing on a locale whose stdout is strict.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
 
 
 for _command in (

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nauthera.compile.diagnostics import Diagnostic, Level, sorted_diagnostics
+from nauthera.compile.diagnostics import Diagnostic, Level, Position, has_errors, sorted_diagnostics
 from nauthera.compile.loading import discover, load_file
 from nauthera.compile.model import Policy, build_policy
 from nauthera.compile.validation import (
@@ -30,7 +30,7 @@ MAX_WORKERS = 4
 
 
 def count_files(paths: Sequence[Path]) -> int:
-    return sum(1 for _ in discover(paths))
+    return len(discover(paths))
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,18 @@ def _analyse_files(files: list[Path], on_file: Callable[[Path], None] | None) ->
                 on_file(file)
 
 
+def _no_policies(paths: Sequence[Path], files: int) -> Diagnostic:
+    """An input without a single policy makes a bundle that decides every client as ungoverned: almost
+    always a wrong path, so it is said rather than compiled in silence."""
+    return Diagnostic(
+        Level.WARNING,
+        Position(str(paths[0]), 1, 1),
+        "no-policies",
+        f"no AuthPolicy found in {', '.join(map(str, paths))} ({files} YAML file{'s' * (files != 1)} read); "
+        "every client is ungoverned (denied unless --default-allow): check the path",
+    )
+
+
 def analyse(
     paths: Sequence[Path],
     on_file: Callable[[Path], None] | None = None,
@@ -93,10 +105,13 @@ def analyse(
     policies: list[Policy] = []
     diagnostics: list[Diagnostic] = []
     identities: list[PolicyIdentity] = []
-    for analysis in _analyse_files(list(discover(paths)), on_file):
+    files = discover(paths)
+    for analysis in _analyse_files(files, on_file):
         policies.extend(analysis.policies)
         diagnostics.extend(analysis.diagnostics)
         identities.extend(analysis.identities)
+    if not policies and not has_errors(diagnostics):
+        diagnostics.append(_no_policies(paths, len(files)))
     duplicates = duplicate_diagnostics(identities)
     diagnostics.extend(duplicates)
     repeated = {d.position for d in duplicates}

@@ -7,7 +7,9 @@ exact positions for every node, rejects duplicate keys, and bounds the work an a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,9 @@ class SourceDocument:
     content: Any
     value_positions: Mapping[JsonPath, Position] = field(repr=False)
     key_positions: Mapping[JsonPath, Position] = field(repr=False)
+    #: What made this document unreadable as written (a duplicate key, a value that cannot be read):
+    #: its content is not what the author meant, so it must never be allowed or compiled.
+    errors: tuple[Diagnostic, ...] = field(default=(), repr=False)
 
     @property
     def start(self) -> Position:
@@ -209,6 +214,8 @@ def nesting_bound(text: str) -> int:
         if not flow and not any(bracket in stripped for bracket in "[{"):
             deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators)
             continue
+        base = len(line) - len(line.lstrip(" ")) + indicators
+        deepest = max(deepest, base + flow)
         for char in stripped:
             if quote:
                 quote = "" if char == quote else quote
@@ -216,11 +223,11 @@ def nesting_bound(text: str) -> int:
                 quote = char
             elif char in "[{":
                 flow += 1
+                deepest = max(deepest, base + flow)  # `[[[…]]]` on one line nests as deep as it opens
             elif char in "]}":
                 flow = max(flow - 1, 0)
             elif char == "#":
                 break
-        deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators + flow)
     return deepest
 
 
@@ -271,7 +278,8 @@ def load_text(text: str, file: str) -> LoadResult:
             index += 1
             continue
         result.diagnostics.extend(builder.diagnostics)
-        result.documents.append(SourceDocument(file, index, content, builder.values, builder.keys))
+        errors = tuple(builder.diagnostics)
+        result.documents.append(SourceDocument(file, index, content, builder.values, builder.keys, errors))
         index += 1
     return result
 
@@ -289,22 +297,55 @@ def load_file(path: Path, display: str | None = None) -> LoadResult:
     return load_text(text, file)
 
 
-def discover(paths: Sequence[Path]) -> Iterator[Path]:
-    """Yield YAML files under each path, in a stable order; a missing path is an I/O error."""
+def _is_folder(root: Path) -> bool:
+    """Whether a PATH from the command line is a folder; a missing or unreachable one is an I/O error."""
+    try:
+        return stat.S_ISDIR(root.stat().st_mode)
+    except FileNotFoundError:
+        raise InputError(f"{root}: no such file or directory") from None
+    except OSError as error:
+        raise InputError(f"{root}: cannot read: {error.strerror or error}") from error
+
+
+def _yaml_files_under(root: Path, unreadable: list[str]) -> list[Path]:
+    """YAML files below `root`, following symlinked folders as `opa build` does, each real folder once
+    (so a link back up cannot loop). A folder that cannot be listed is added to `unreadable`."""
+
+    def report(error: OSError) -> None:
+        unreadable.append(f"{error.filename}: cannot read: {error.strerror or error}")
+
+    found: list[Path] = []
+    visited: set[str] = set()
+    for folder, subfolders, names in os.walk(root, onerror=report, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders.clear()
+            continue
+        visited.add(real)
+        base = Path(folder)
+        found.extend(base / n for n in names if Path(n).suffix in YAML_SUFFIXES and (base / n).is_file())
+    return sorted(found)
+
+
+def discover(paths: Sequence[Path]) -> list[Path]:
+    """The YAML files under each path, in a stable order, each file once.
+
+    A file named on the command line is read whatever its suffix; folders contribute `*.yaml`/`*.yml`.
+    Symlinked files and folders are followed. A missing path, or any folder that cannot be listed, is an
+    I/O error: skipping it would silently drop the policies (or clients) inside.
+    """
     seen: set[Path] = set()
+    found: list[Path] = []
+    unreadable: list[str] = []
     for root in paths:
-        if not root.exists():
-            raise InputError(f"{root}: no such file or directory")
-        # A file named on the command line is read whatever its suffix; folders contribute YAML files.
-        candidates = (
-            [root]
-            if root.is_file()
-            else sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)
-        )
-        for candidate in candidates:
-            if candidate.resolve() not in seen:
-                seen.add(candidate.resolve())
-                yield candidate
+        for candidate in _yaml_files_under(root, unreadable) if _is_folder(root) else [root]:
+            real = candidate.resolve()
+            if real not in seen:
+                seen.add(real)
+                found.append(candidate)
+    if unreadable:
+        raise InputError("; ".join(unreadable))
+    return found
 
 
 def load_paths(paths: Sequence[Path]) -> LoadResult:

@@ -81,17 +81,17 @@ def _duration_hint(text: str) -> str:
 def _metadata_diagnostics(doc: SourceDocument, _spec: dict[str, Any]) -> Iterator[Diagnostic]:
     metadata = doc.content["metadata"]
     checks = (
-        ("name", DNS_SUBDOMAIN, MAX_NAME, "a DNS subdomain"),
-        ("namespace", DNS_LABEL, MAX_NAMESPACE, "a DNS label"),
+        ("name", DNS_SUBDOMAIN, MAX_NAME, "a DNS subdomain: lower-case alphanumerics, '-' and '.'"),
+        ("namespace", DNS_LABEL, MAX_NAMESPACE, "a DNS label: lower-case alphanumerics and '-'"),
     )
-    for key, pattern, limit, what in checks:
+    for key, pattern, limit, rule in checks:
         value = metadata[key]
         if len(value) > limit or not pattern.match(value):
             yield Diagnostic(
                 Level.ERROR,
                 doc.value_position(("metadata", key)),
                 "invalid-name",
-                f"metadata.{key} {value!r} must be {what}: lower-case letters, digits and '-', "
+                f"metadata.{key} {value!r} must be {rule}, starting and ending with an alphanumeric, "
                 f"at most {limit} characters",
             )
 

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import resource
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -372,8 +373,10 @@ def create_app(state: ServerState) -> Starlette:
 def parse_listen(listen: str) -> tuple[str, int]:
     """`HOST:PORT`, `[::1]:PORT` or `:PORT` (which still binds to localhost, never to all interfaces)."""
     host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise NautheraError(f"--listen {listen!r}: expected HOST:PORT, like 127.0.0.1:8282")
+    if not port.isdigit() or int(port) > 65535:
+        raise NautheraError(
+            f"--listen {listen!r}: expected HOST:PORT with a port up to 65535, like 127.0.0.1:8282"
+        )
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
@@ -384,6 +387,8 @@ def read_token(path: Path | None) -> str | None:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as error:
         raise NautheraError(f"{path}: cannot read token file: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise NautheraError(f"{path}: token file is not UTF-8 text ({error.reason})") from error
     if not token:
         raise NautheraError(f"{path}: token file is empty")
     return token
@@ -419,6 +424,7 @@ async def serve(
     app: Starlette, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
 ) -> None:
     """Run the app with uvicorn until cancelled or signalled."""
+    listener = _listening_socket(host, port)
     _raise_open_file_limit()
     _tune_garbage_collector()
     config = uvicorn.Config(
@@ -433,4 +439,24 @@ async def serve(
         timeout_keep_alive=75,
         lifespan="on",
     )
-    await uvicorn.Server(config).serve()
+    with listener:
+        await uvicorn.Server(config).serve(sockets=[listener])
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a taken port or an unknown host is a clear error (uvicorn would
+    log it and exit with its own code)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise NautheraError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        raise NautheraError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    return listener
