@@ -62,6 +62,22 @@ CODES: dict[str, CodeInfo] = {
     "governs-nothing": CodeInfo("GovernsNothing", "A policy's targets match no client."),
     "no-policies": CodeInfo("NoPolicies", "The input holds no AuthPolicy, so every client is ungoverned."),
     "skipped": CodeInfo("SkippedDocument", "A document that is not for this command was skipped."),
+    # `nauthera import` (docs/import.md)
+    "not-json": CodeInfo("NotJson", "An import input is not JSON."),
+    "wrong-shape": CodeInfo("WrongShape", "An import input or one of its fields has the wrong JSON shape."),
+    "no-clients": CodeInfo("NoClients", "A realm export holds no clients."),
+    "missing-client-id": CodeInfo("MissingClientId", "A Keycloak client has no clientId."),
+    "attribute-value": CodeInfo("AttributeValue", "A client attribute the mapping cannot use as written."),
+    "not-importable": CodeInfo(
+        "NotImportable", "The AuthClient a client maps to would not match the AuthClient schema."
+    ),
+    "duplicate-client": CodeInfo("DuplicateClient", "The same client id appears twice in one namespace."),
+    "renamed": CodeInfo("RenamedClient", "A client's name got a hash suffix to tell it from another."),
+    "unknown-attribute": CodeInfo("UnknownAttribute", "A Keycloak attribute nauthera does not know."),
+    "unknown-member": CodeInfo("UnknownMember", "An RFC 7591 member nauthera does not know."),
+    "not-audited": CodeInfo("NotAudited", "A client setting the AuthClient cannot express."),
+    "relative-redirect": CodeInfo("RelativeRedirect", "A relative redirect URI was kept as written."),
+    "unnamed": CodeInfo("UnnamedClient", "Client metadata without client_name or client_id."),
 }
 
 
