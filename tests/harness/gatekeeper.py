@@ -33,6 +33,7 @@ MODULE = "github.com/open-policy-agent/gatekeeper/v3"
 NAMESPACE = "gatekeeper-system"
 WEBHOOK = "validation.gatekeeper.sh"
 CONSTRAINTS_GROUP = "constraints.gatekeeper.sh"
+CONSTRAINT_NAME_LABEL = "internal.gatekeeper.sh/constraint-name"
 
 
 class GatekeeperCrdsMissingError(AssertionError):
@@ -113,15 +114,30 @@ class Gatekeeper:
         wanted: dict[str, set[str]] = {}
         for constraint in constraints:
             wanted.setdefault(constraint["kind"].lower(), set()).add(constraint["metadata"]["name"])
+        removed = set()
         for kind, names in self.applied.items():
             stale = sorted(names - wanted.get(kind, set()))
             if stale:
                 self.plane.kubectl("delete", f"{kind}.{CONSTRAINTS_GROUP}", *stale, "--wait=true")
+                removed.update(stale)
+        # Gatekeeper deletes a constraint's pod status once it stopped enforcing the constraint.
+        self.process.wait_ready(
+            lambda: not removed & self._pod_statuses(), timeout, "Gatekeeper to drop the removed constraints"
+        )
         self.plane.apply(constraints)
         self.applied = wanted
         self.process.wait_ready(
             lambda: self._enforced(wanted), timeout, "Gatekeeper to enforce every constraint"
         )
+
+    def _pod_statuses(self) -> set[str]:
+        """Names of the constraints this Gatekeeper reports a ConstraintPodStatus for."""
+        url = self.plane.url(
+            f"/apis/status.gatekeeper.sh/v1beta1/namespaces/{NAMESPACE}/constraintpodstatuses"
+        )
+        listed = self.plane.api.get(url, timeout=30)
+        listed.raise_for_status()
+        return {item["metadata"]["labels"][CONSTRAINT_NAME_LABEL] for item in listed.json()["items"]}
 
     def _enforced(self, wanted: dict[str, set[str]]) -> bool:
         for kind, names in wanted.items():

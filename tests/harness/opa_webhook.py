@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class OpaWebhook:
     opa: Process | None = None
     configuration: dict[str, Any] = field(default_factory=dict)
     https: requests.Session = field(init=False)
+    opa_started: float = 0.0
 
     def __post_init__(self) -> None:
         self.https = self.ca.session()
@@ -80,6 +82,7 @@ class OpaWebhook:
 
     def start_opa(self) -> None:
         assert self.opa is None or not self.opa.alive(), "OPA is already running"
+        self.opa_started = time.time()
         self.opa = Process(self.opa_args, self.workdir / "opa.log").start()
         self.wait_synced()
 
@@ -93,11 +96,13 @@ class OpaWebhook:
         return revision
 
     def active_revisions(self) -> set[str]:
-        """The revisions OPA reported active to the sidecar (through its status API)."""
+        """The revisions the running OPA reported active to the sidecar (through OPA's status API);
+        reports older than this OPA process (a previous one, before a restart) do not count."""
         agents = requests.get(f"{self.sidecar_url}/v1/agents", timeout=5).json()["agents"]
         return {
-            bundle.get("active_revision")
+            bundle["active_revision"]
             for agent in agents
+            if agent["last_seen"] >= self.opa_started
             for bundle in agent.get("bundles", {}).values()
             if bundle.get("active_revision")
         }
