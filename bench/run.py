@@ -1,6 +1,6 @@
 """`make bench`: run every measure, write bench/results/*.json and plots, regenerate bench/README.md.
 
-python -m bench.run              # everything (about 10 minutes on 2 cores)
+python -m bench.run              # everything (about 13 minutes on 2 cores)
 python -m bench.run --quick      # smaller sizes and fewer repetitions, for development
 python -m bench.run --only decision,server
 """
@@ -37,7 +37,7 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "decision": (decision_bench.run, 280),
     "enforcement": (enforcement_bench.run, 150),
     "server": (server_bench.run, 150),
-    "admission": (admission_bench.run, 240),
+    "admission": (admission_bench.run, 600),
 }
 
 
