@@ -282,7 +282,7 @@ def test_restarting_the_sidecar_recovers(fleet: Fleet) -> None:
     before = fleet.revision()
     wait_until(lambda: _held_long_polls(fleet.server) >= 1, 30, "OPA's long poll to be held")
     started = time.monotonic()
-    assert fleet.sidecar.stop() == 0
+    fleet.sidecar.stop()  # asserts a clean exit on SIGTERM
     # The held long poll (10 s here; 60 s in deploy/) is answered at SIGTERM, not waited for.
     assert time.monotonic() - started < 5, "shutdown waited for a held long poll"
     assert fleet.allowed() is True, "OPA keeps enforcing its bundle while the sidecar is down"
