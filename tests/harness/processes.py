@@ -38,8 +38,8 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
-#: Exit statuses of a clean stop: the program handled SIGTERM and exited 0, or it has no handler and
-#: the signal's default action ended it.
+#: Exit statuses of a clean stop: the program handled SIGTERM and exited 0, or the signal's default
+#: action ended it (no handler, or one that re-raises it after a graceful shutdown, as uvicorn does).
 CLEAN_EXITS = (0, -signal.SIGTERM)
 
 
