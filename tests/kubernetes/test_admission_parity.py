@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
+from nauthera.compile.kubernetes import DNS_LABEL, MAX_NAMESPACE, valid_label_value
 from nauthera.engines.check import evaluate
 
 from ..harness.admission import (
@@ -37,16 +37,15 @@ SEED = 20_260_401
 SETS = 5
 CLIENTS_PER_SET = 60
 MIN_CASES = 200
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
 
 def fits_a_cluster(client: dict[str, Any]) -> bool:
     """A namespace the API server can hold and label values it accepts (wrongly typed ones are schema
     violations of our own and stay in)."""
     labels = client["metadata"].get("labels") or {}
-    valid_labels = all(not isinstance(v, str) or _LABEL_VALUE.match(v) for v in labels.values())
-    return bool(_DNS_LABEL.match(client["metadata"]["namespace"])) and valid_labels
+    valid_labels = all(not isinstance(v, str) or valid_label_value(v) for v in labels.values())
+    namespace = client["metadata"]["namespace"]
+    return bool(DNS_LABEL.match(namespace)) and len(namespace) <= MAX_NAMESPACE and valid_labels
 
 
 @dataclass(frozen=True)

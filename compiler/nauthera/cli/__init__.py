@@ -9,6 +9,7 @@ import click
 
 from nauthera import __version__
 from nauthera.cli.compile import check_command, compile_command, test_command
+from nauthera.cli.importing import import_group
 from nauthera.cli.serve import agents_command, decisions_command, serve_command, sidecar_command
 from nauthera.cli.store import bundle as bundle_group
 from nauthera.cli.store import impact_command
@@ -24,6 +25,7 @@ for _command in (
     compile_command,
     check_command,
     test_command,
+    import_group,
     bundle_group,
     impact_command,
     serve_command,

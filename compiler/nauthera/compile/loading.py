@@ -178,7 +178,7 @@ class LoadResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
-def _decode(data: bytes, file: str) -> str | Diagnostic:
+def decode_utf8(data: bytes, file: str) -> str | Diagnostic:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -283,7 +283,7 @@ def load_file(path: Path, display: str | None = None) -> LoadResult:
         data = path.read_bytes()
     except OSError as error:
         raise InputError(f"{file}: cannot read: {error.strerror or error}") from error
-    text = _decode(data, file)
+    text = decode_utf8(data, file)
     if isinstance(text, Diagnostic):
         return LoadResult(diagnostics=[text])
     return load_text(text, file)

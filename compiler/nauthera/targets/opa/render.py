@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nauthera.compile.mapping import registration_vocabulary
 from nauthera.compile.model import Policy
 from nauthera.compile.patterns import literal_prefix
-from nauthera.compile.schema import client_json_schema
+from nauthera.compile.schema import API_VERSION, client_json_schema
 from nauthera.targets.fixtures import all_fixtures
 from nauthera.targets.parameters import policy_parameters
 from nauthera.targets.rego import render_template
@@ -72,6 +73,9 @@ def render_opa(policies: Sequence[Policy], fail_closed: bool) -> RenderedOpa:
         "nauthera/lib/checks.rego": render_template("checks.rego.j2", **context).encode(),
         "nauthera/authclient/decision.rego": render_template("authclient.rego.j2", **context).encode(),
         "nauthera/admission/review.rego": render_template("admission.rego.j2", **context).encode(),
+        "nauthera/registration/decision.rego": render_template(
+            "registration.rego.j2", api_version=API_VERSION, vocabulary=registration_vocabulary(), **context
+        ).encode(),
     }
     return RenderedOpa(files)
 
