@@ -32,18 +32,16 @@ from bench.common import (
     BENCH_DIR,
     LOOPBACK,
     Budget,
-    Child,
     Result,
     Row,
     Ui,
     Workspace,
     children_of,
-    free_port,
     nauthera_command,
     process_memory_kib,
     summary,
-    wait_until,
 )
+from tests.harness.processes import Process, free_port, wait_until
 
 HELD = 1_000
 QUICK_HELD = 200
@@ -90,17 +88,19 @@ http {{
     return target
 
 
-def start_nginx(workdir: Path, bundle: Path) -> tuple[Child, str]:
+def start_nginx(workdir: Path, bundle: Path) -> tuple[Process, str]:
     prefix = workdir / "nginx"
     (prefix / "www" / "bundles").mkdir(parents=True)
     shutil.copyfile(bundle, prefix / "www" / "bundles" / "stable")
     port = free_port()
     config = nginx_config(prefix, port)
-    child = Child(["nginx", "-p", prefix, "-e", prefix / "error.log", "-c", config], workdir / "nginx.log")
+    child = Process(
+        ["nginx", "-p", prefix, "-e", prefix / "error.log", "-c", config], workdir / "nginx.log"
+    ).start()
     return child, f"http://{LOOPBACK}:{port}"
 
 
-def holders(workdir: Path, name: str, url: str, etag: str, count: int, mode: str, duration: float) -> Child:
+def holders(workdir: Path, name: str, url: str, etag: str, count: int, mode: str, duration: float) -> Process:
     port = int(url.rsplit(":", 1)[1])
     status = workdir / f"{name}.json"
     args = [
@@ -124,7 +124,9 @@ def holders(workdir: Path, name: str, url: str, etag: str, count: int, mode: str
         "--duration",
         str(duration),
     ]
-    return Child(args, workdir / f"{name}.log", env={**os.environ, "PYTHONPATH": str(BENCH_DIR.parent)})
+    return Process(
+        args, workdir / f"{name}.log", env={**os.environ, "PYTHONPATH": str(BENCH_DIR.parent)}
+    ).start()
 
 
 def holder_status(workdir: Path, name: str) -> dict[str, Any]:
@@ -202,7 +204,7 @@ def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
     BundleStore(store).publish(bundle, "stable", message="bench", author="bench")
     port = free_port()
     nauthera_url = f"http://{LOOPBACK}:{port}"
-    children: list[Child] = []
+    children: list[Process] = []
     step = ui.task("bundle server", total=2 + runs * len(SCENARIOS) * 2)
     data: dict[str, Any] = {
         "bundle_policies": count,
@@ -214,10 +216,10 @@ def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
         "results": {"nauthera": {s: [] for s in SCENARIOS}, "nginx": {s: [] for s in SCENARIOS}},
     }
     try:
-        server = Child(
+        server = Process(
             nauthera_command("serve", "--store", store, "--listen", f"{LOOPBACK}:{port}"),
             workdir / "serve.log",
-        )
+        ).start()
         children.append(server)
         nginx, nginx_url = start_nginx(workdir, bundle)
         children.append(nginx)
@@ -287,10 +289,10 @@ def sidecar_memory(ws: Workspace, ui: Ui) -> dict[str, Any]:
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     step = ui.task(f"sidecar start-up with {count:,} policies", total=2)
-    children: list[Child] = []
+    children: list[Process] = []
     try:
         started = time.perf_counter()
-        sidecar = Child(
+        sidecar = Process(
             nauthera_command(
                 "sidecar",
                 "--source",
@@ -301,7 +303,7 @@ def sidecar_memory(ws: Workspace, ui: Ui) -> dict[str, Any]:
                 f"{LOOPBACK}:{port}",
             ),
             workdir / "sidecar.log",
-        )
+        ).start()
         children.append(sidecar)
         wait_until(
             lambda: requests.get(f"{url}/readyz", timeout=2).ok, 600, "the sidecar to serve", interval=0.2
@@ -319,8 +321,8 @@ def sidecar_memory(ws: Workspace, ui: Ui) -> dict[str, Any]:
         session = requests.Session()
         wait_until(lambda: allowed(session, opa_url) is True, 180, "OPA to load the bundle", interval=0.2)
         time.sleep(1.0)
-        sidecar_memory_kib = sidecar.memory_kib()
-        opa_memory_kib = opa.memory_kib()
+        sidecar_memory_kib = process_memory_kib(sidecar.pid)
+        opa_memory_kib = process_memory_kib(opa.pid)
         step.advance()
     finally:
         for child in reversed(children):

@@ -76,10 +76,20 @@ def strict_json_schema(node: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _with_metadata(openapi: Mapping[str, Any]) -> dict[str, Any]:
-    """Kubernetes validates metadata itself; outside a cluster we check the parts we rely on."""
+#: `status` is written by the operator through the status subresource and never decides anything: a
+#: document may carry one (an object exported from a cluster, an UPDATE under admission), and it is
+#: neither validated nor shipped in the bundle's copy of the schema.
+_STATUS_SCHEMA: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _as_input(openapi: Mapping[str, Any]) -> dict[str, Any]:
+    """The CRD schema as input to the compiler and the Rego: metadata checked (Kubernetes checks it
+    in a cluster; outside one we check the parts we rely on), status accepted as is."""
     schema = dict(openapi)
-    schema["properties"] = {**schema.get("properties", {}), "metadata": _METADATA_SCHEMA}
+    properties = {**schema.get("properties", {}), "metadata": _METADATA_SCHEMA}
+    if "status" in properties:
+        properties["status"] = _STATUS_SCHEMA
+    schema["properties"] = properties
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
     schema["properties"]["apiVersion"] = {"type": "string", "enum": [API_VERSION]}
     return schema
@@ -97,7 +107,7 @@ def load_schemas() -> dict[str, ResourceSchema]:
         kind = crd["spec"]["names"]["kind"]
         version = next(v for v in crd["spec"]["versions"] if v["name"] == VERSION)
         openapi = version["schema"]["openAPIV3Schema"]
-        schemas[kind] = ResourceSchema(kind, openapi, strict_json_schema(_with_metadata(openapi)))
+        schemas[kind] = ResourceSchema(kind, openapi, strict_json_schema(_as_input(openapi)))
     return schemas
 
 

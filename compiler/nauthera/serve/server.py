@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -91,6 +92,7 @@ class ChannelWatcher:
         self.states: dict[str, ChannelState] = {}
         self._stamps: dict[str, tuple[int, int, int]] = {}
         self._events: dict[str, asyncio.Event] = {}
+        self.closing = False
 
     def _event(self, channel: str) -> asyncio.Event:
         return self._events.setdefault(channel, asyncio.Event())
@@ -122,6 +124,14 @@ class ChannelWatcher:
         if event is not None:
             event.set()
 
+    def release_all(self) -> None:
+        """Answer every held long poll now (unchanged: 304) and hold no new ones: the server is stopping,
+        and a held poll would keep its connection, and so the process, alive for up to its timeout."""
+        self.closing = True
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
     def current(self, channel: str) -> str | None:
         state = self.states.get(channel)
         if state is None:
@@ -132,7 +142,7 @@ class ChannelWatcher:
     async def wait_for_change(self, channel: str, known: str, timeout: float) -> str | None:
         """The channel's revision once it differs from `known`, or its unchanged revision after `timeout`."""
         deadline = time.monotonic() + timeout
-        while self.current(channel) == known:
+        while self.current(channel) == known and not self.closing:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -438,9 +448,10 @@ async def serve(
         backlog=4096,
         timeout_keep_alive=75,
         lifespan="on",
+        timeout_graceful_shutdown=10,
     )
     with listener:
-        await uvicorn.Server(config).serve(sockets=[listener])
+        await _ReleasingServer(config, app.state.nauthera).serve(sockets=[listener])
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -460,3 +471,15 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         listener.close()
         raise NautheraError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
     return listener
+
+
+class _ReleasingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, answer held long polls at once so that shutdown does not wait for them."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        asyncio.get_running_loop().call_soon_threadsafe(self.state.watcher.release_all)
+        super().handle_exit(sig, frame)
