@@ -1,0 +1,142 @@
+"""Desired status of AuthClients and AuthPolicies (SPEC section 7), as pure functions of decisions.
+
+Conditions follow Kubernetes conventions: one per type, status "True"/"False", a CamelCase reason, a
+message, and a lastTransitionTime that moves only when the status does. Whatever is computed here is
+compared with the observed status, and only a difference is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+COMPLIANT = "Compliant"
+READY = "Ready"
+#: The CRD caps each findings list; a client with more findings shows the first ones.
+MAX_FINDINGS = 256
+MAX_MESSAGE = 1024
+FINDING_LISTS = ("violations", "warnings", "dryrun")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    kind: str,
+    holds: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    observed: Mapping[str, Any] | None,
+    at: str,
+) -> dict[str, Any]:
+    """One condition; keeps the observed lastTransitionTime while its status stays the same."""
+    status = "True" if holds else "False"
+    previous = next(
+        (
+            c
+            for c in (observed or {}).get("conditions") or []
+            if isinstance(c, dict) and c.get("type") == kind
+        ),
+        None,
+    )
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == status else at
+    result: dict[str, Any] = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": _one_line(message),
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def compliance(decision: Mapping[str, Any]) -> tuple[bool, str, str]:
+    """(compliant, reason, one-line message) of a decision document."""
+    violations = decision.get("violations") or []
+    if decision.get("allowed") and not violations:
+        governing = decision.get("policies") or []
+        message = (
+            f"allowed by {', '.join(governing)}" if governing else "allowed (no governing policy needed)"
+        )
+        extra = [
+            f"{len(decision.get(name) or [])} {name}" for name in ("warnings", "dryrun") if decision.get(name)
+        ]
+        return True, COMPLIANT, message + (f" ({', '.join(extra)})" if extra else "")
+    fields = {v.get("field") for v in violations}
+    if fields == {"targets"}:
+        reason = "Ungoverned"
+    elif fields == {"schema"}:
+        reason = "Invalid"
+    else:
+        reason = "PolicyViolation"
+    return False, reason, "; ".join(str(v.get("message")) for v in violations) or "not allowed"
+
+
+def _findings(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"policy": e.get("policy"), "field": e.get("field"), "message": e.get("message")}
+        for e in entries[:MAX_FINDINGS]
+    ]
+
+
+def client_status(
+    decision: Mapping[str, Any],
+    generation: int,
+    revision: str,
+    observed: Mapping[str, Any] | None,
+    at: str,
+) -> dict[str, Any]:
+    compliant, reason, message = compliance(decision)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "revision": revision,
+        "policies": sorted(decision.get("policies") or [])[:1024],
+    }
+    for name in FINDING_LISTS:
+        status[name] = _findings(decision.get(name) or [])
+    status["conditions"] = [condition(COMPLIANT, compliant, reason, message, generation, observed, at)]
+    return status
+
+
+def policy_status(
+    generation: int,
+    revision: str | None,
+    governed: int,
+    violating: int,
+    ready: tuple[bool, str, str],
+    observed: Mapping[str, Any] | None,
+    at: str,
+) -> dict[str, Any]:
+    holds, reason, message = ready
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "governedClients": governed,
+        "violatingClients": violating,
+        "conditions": [condition(READY, holds, reason, message, generation, observed, at)],
+    }
+    if revision:
+        status["revision"] = revision
+    return status
+
+
+def is_compliant(status: Mapping[str, Any] | None) -> bool | None:
+    """The observed Compliant condition: True, False, or None when there is none yet."""
+    for entry in (status or {}).get("conditions") or []:
+        if isinstance(entry, dict) and entry.get("type") == COMPLIANT:
+            return {"True": True, "False": False}.get(str(entry.get("status")))
+    return None
+
+
+def same(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    """Whether writing `desired` would change anything (the API server stores exactly what we send)."""
+    return observed is not None and dict(desired) == dict(observed)
