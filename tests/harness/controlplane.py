@@ -50,7 +50,9 @@ AUDIT_POLICY = {
         {
             "level": "Metadata",
             "verbs": ["patch", "update"],
-            "resources": [{"group": "auth.nauthera.io", "resources": ["authclients/status", "authpolicies/status"]}],
+            "resources": [
+                {"group": "auth.nauthera.io", "resources": ["authclients/status", "authpolicies/status"]}
+            ],
         },
         {"level": "Metadata", "verbs": ["create"], "resources": [{"group": "", "resources": ["events"]}]},
         {"level": "None"},
@@ -227,6 +229,9 @@ def _apiserver(workdir: Path, etcd_url: str, ca: CertificateAuthority) -> tuple[
         "--audit-log-format=json",
         "--audit-log-mode=blocking",
         "--audit-log-maxsize=0",
+        # On SIGTERM, end open watches after 2 s: otherwise a stop waits for every client's watch to time
+        # out (minutes) before the process exits.
+        "--shutdown-watch-termination-grace-period=2s",
         "--v=0",
     ]
     process = Process(args, workdir / "kube-apiserver.log").start()

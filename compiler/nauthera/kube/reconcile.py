@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from nauthera.compile.loading import SourceDocument
+from nauthera.compile.model import build_policy
 from nauthera.engines.check import evaluate
 from nauthera.errors import NautheraError
 from nauthera.kube import status as st
+from nauthera.kube.affected import may_govern
 from nauthera.kube.client import (
     AUTHCLIENTS,
     AUTHPOLICIES,
@@ -139,6 +141,8 @@ class Operator:
         self.checked: dict[str, tuple[tuple[Any, ...], CheckedPolicy]] = {}
         self.last_good: dict[str, tuple[int | None, SourceDocument]] = {}
         self.compiled: CompiledBundle | None = None
+        #: Policy id → the document content the current revision was compiled from.
+        self.compiled_documents: dict[str, Any] = {}
         self.revision: str | None = None
         self.gatekeeper_applied: str | None = None
         self._to_evaluate: set[str] = set()
@@ -296,7 +300,7 @@ class Operator:
                 self.last_good[policy.id] = (generation, policy.document)
             elif policy.errors:
                 log.warning("AuthPolicy %s is invalid: %s", policy.id, "; ".join(policy.errors))
-        documents = [doc for _, doc in sorted(self.last_good.values(), key=lambda entry: entry[1].file)]
+        documents = [doc for _, doc in self.last_good.values()]
         with tempfile.TemporaryDirectory(prefix="nauthera-operator-") as scratch:
             compiled = compile_documents(
                 documents,
@@ -312,10 +316,45 @@ class Operator:
         self._policy_status_due = True
         if compiled.revision != self.revision:
             log.info("%d policies enforced by revision %s", len(compiled.policies), compiled.revision)
+            self._to_evaluate.update(self._affected(documents))
             self.revision = compiled.revision
             if self.published is not None:
                 self.published(self.config.channel)
-            self._to_evaluate.update(self.clients)
+
+    def _affected(self, documents: Sequence[SourceDocument]) -> set[str]:
+        """Clients whose decision the new policy set may change: every client on the first compile,
+        then those the changed policies governed or may govern now (see nauthera.kube.affected)."""
+        contents = {
+            f"{d.content['metadata']['namespace']}/{d.content['metadata']['name']}": d for d in documents
+        }
+        previous, self.compiled_documents = (
+            self.compiled_documents,
+            {k: d.content for k, d in contents.items()},
+        )
+        if self.revision is None:
+            return set(self.clients)
+        changed = {
+            k for k in set(previous) | set(contents) if previous.get(k) != self.compiled_documents.get(k)
+        }
+        if not changed:  # the same policies, yet another bundle (a new compiler version): decide everything
+            return set(self.clients)
+        edited = [build_policy(contents[k]) for k in sorted(changed) if k in contents]
+        affected = set()
+        for key, obj in self.clients.items():
+            entry = self.decisions.get(key)
+            if (
+                entry is None
+                or changed & set(entry[0].get("policies") or [])
+                or any(may_govern(policy, obj) for policy in edited)
+            ):
+                affected.add(key)
+        log.info(
+            "policies changed: %s; %d of %d clients to evaluate",
+            sorted(changed),
+            len(affected),
+            len(self.clients),
+        )
+        return affected
 
     # --- evaluate --------------------------------------------------------------------------------------
 

@@ -138,5 +138,11 @@ def is_compliant(status: Mapping[str, Any] | None) -> bool | None:
 
 
 def same(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    """Whether writing `desired` would change anything (the API server stores exactly what we send)."""
-    return observed is not None and dict(desired) == dict(observed)
+    """Whether `observed` already says what `desired` says. `revision` alone does not count: a new
+    revision that decides the same leaves a status alone, so one policy edit rewrites only the clients
+    and policies it affects, not all 10,000 (the status keeps naming the revision that decided it)."""
+    if observed is None:
+        return False
+    return {k: v for k, v in desired.items() if k != "revision"} == {
+        k: v for k, v in observed.items() if k != "revision"
+    } and ("revision" in desired) == ("revision" in observed)
