@@ -19,21 +19,21 @@ from typing import Any
 
 import pytest
 import yaml
-from nauthera.engines.check import evaluate
 from nauthera.kube.policies import exported
 from nauthera.kube.status import compliance
-from nauthera.targets.base import CompileOptions
-from nauthera.targets.outputs import compile_policies
 
 from ..harness.controlplane import ControlPlane
 from ..harness.operator import RunningOperator, current, generated_client, list_objects, start_operator
 from .conftest import (
     EXAMPLE_NAMESPACES,
     apply_now,
+    cli_view,
     delete_now,
     example_clients,
     example_policies,
+    mismatches,
     status_writes,
+    wait_current,
     wait_for,
     warning_events,
 )
@@ -72,83 +72,6 @@ def operator(
             names = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects}
             for namespace in sorted({n for n, _ in names}):
                 plane.kubectl("delete", plural, "--all", "-n", namespace, "--wait=false")
-
-
-def cli_view(
-    plane: ControlPlane, folder: Path, edited: dict[str, Any] | None = None
-) -> tuple[str, dict[str, dict[str, Any]]]:
-    """What the command line says about the cluster: `nauthera compile` of the AuthPolicies exported as
-    YAML files, and `nauthera check`'s engine on every AuthClient. Returns (revision, key → decision).
-    `edited` replaces (or adds) one policy, to know the outcome of an edit before making it."""
-    policies = folder / "policies"
-    policies.mkdir(parents=True)
-    documents = {key: exported(obj) for key, obj in list_objects(plane, "authpolicies").items()}
-    if edited is not None:
-        documents[f"{edited['metadata']['namespace']}/{edited['metadata']['name']}"] = edited
-    for key, document in documents.items():
-        (policies / f"{key.replace('/', '_')}.yaml").write_text(yaml.safe_dump(document))
-    result = compile_policies(CompileOptions(paths=[policies], out=folder / "out"))
-    assert result.ok and result.bundle and result.revision, [str(d) for d in result.diagnostics]
-    clients = list_objects(plane, "authclients")
-    inputs = [{k: v for k, v in c.items() if k != "status"} for c in clients.values()]
-    return result.revision, dict(zip(clients, evaluate(result.bundle, inputs), strict=True))
-
-
-def mismatches(plane: ControlPlane, decisions: dict[str, dict[str, Any]], store: Path) -> list[str]:
-    """Every way the clients' and policies' statuses differ from `decisions` (empty: all current)."""
-    found = []
-    clients = list_objects(plane, "authclients")
-    for key, decision in decisions.items():
-        obj = clients.get(key)
-        if obj is None or not current(obj):
-            found.append(f"{key}: no current status")
-            continue
-        status = obj["status"]
-        for name in ("violations", "warnings", "dryrun"):
-            if status[name] != decision[name]:
-                found.append(f"{key}: {name} {status[name]} != {decision[name]}")
-        if status["policies"] != sorted(decision["policies"]):
-            found.append(f"{key}: policies {status['policies']} != {decision['policies']}")
-        (condition,) = status["conditions"]
-        compliant, reason, _ = compliance(decision)
-        if (condition["type"], condition["status"], condition["reason"]) != (
-            "Compliant",
-            str(compliant),
-            reason,
-        ):
-            found.append(f"{key}: condition {condition} but expected {compliant} {reason}")
-        if not (store / "revisions" / status["revision"]).is_dir():
-            found.append(f"{key}: revision {status['revision']} is not in the store")
-    governed: dict[str, int] = {}
-    violating: dict[str, int] = {}
-    for decision in decisions.values():
-        for policy in decision["policies"]:
-            governed[policy] = governed.get(policy, 0) + 1
-        for policy in {v["policy"] for v in decision["violations"] if v["policy"]}:
-            violating[policy] = violating.get(policy, 0) + 1
-    for key, obj in list_objects(plane, "authpolicies").items():
-        status = obj.get("status") or {}
-        if not current(obj):
-            found.append(f"policy {key}: no current status")
-            continue
-        counts = (status.get("governedClients"), status.get("violatingClients"))
-        if counts != (governed.get(key, 0), violating.get(key, 0)):
-            found.append(f"policy {key}: counts {counts} != {(governed.get(key, 0), violating.get(key, 0))}")
-    return found
-
-
-def wait_current(
-    plane: ControlPlane, decisions: dict[str, dict[str, Any]], store: Path, timeout: float, what: str
-) -> float:
-    """Seconds until every status matches `decisions`; on timeout, fails listing what still differs."""
-    started = time.monotonic()
-    found: list[str] = []
-    while time.monotonic() - started < timeout:
-        found = mismatches(plane, decisions, store)
-        if not found:
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: after {timeout} s, {len(found)} statuses differ: {found[:10]}")
 
 
 def test_statuses_match_nauthera_check(
