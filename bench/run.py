@@ -27,7 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import compile_bench, decision_bench, enforcement_bench, report, server_bench
+from bench import compile_bench, decision_bench, enforcement_bench, operator_bench, report, server_bench
 from bench.common import RESULTS_DIR, Budget, Result, Ui, Workspace, machine_info, now_iso, tool_versions
 
 Measure = Callable[[Workspace, Ui, Budget], Result]
@@ -37,6 +37,7 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "decision": (decision_bench.run, 280),
     "enforcement": (enforcement_bench.run, 150),
     "server": (server_bench.run, 150),
+    "operator": (operator_bench.run, 600),
 }
 
 

@@ -58,7 +58,7 @@ def test_the_standby_takes_over_within_15s_and_no_status_is_written_twice(
         wait_current(plane, decisions, leader.store, 60, "statuses from the leader")
         writers = {
             e["user"]["username"]
-            for e in plane.audit_events()
+            for e in plane.audit_events(started_at)
             if e["objectRef"].get("subresource") == "status"
         }
         assert standby.readiness()["stats"]["client_writes"] == 0, "a standby must not write"
