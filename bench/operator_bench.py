@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ from bench.common import Budget, Result, Row, Ui, Workspace
 from bench.generate import policy, team
 from tests.harness.controlplane import (
     OPERATOR_USER,
+    ControlPlane,
     control_plane,
     documents,
     ensure_namespaces,
     install_crds,
 )
-from tests.harness.operator import current, generated_client, list_objects, start_operator
+from tests.harness.operator import RunningOperator, current, generated_client, list_objects, start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_SECONDS = 30
@@ -59,108 +61,151 @@ def _wait(condition: Any, timeout: float, what: str, interval: float = 0.5) -> f
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+@dataclass
+class Cluster:
+    plane: ControlPlane
+    policies: list[dict[str, Any]]
+    clients: list[dict[str, Any]]
+
+
+def _populate(plane: ControlPlane, policies_count: int, clients_count: int) -> Cluster:
+    install_crds(plane, [d for p in sorted((REPO / "deploy" / "crds").glob("*.yaml")) for d in documents(p)])
+    policies = [policy(i) for i in range(policies_count)]
+    namespaces = [team(i) for i in range(policies_count)]
+    ensure_namespaces(plane, [*namespaces, "security", "nauthera-system"])
+    for start in range(0, policies_count, 500):
+        plane.apply(policies[start : start + 500])
+    clients = [generated_client(i, namespaces, seed=5) for i in range(clients_count)]
+    for start in range(0, clients_count, 1_000):
+        plane.apply(clients[start : start + 1_000])
+    return Cluster(plane, policies, clients)
+
+
+def _idle_requests(plane: ControlPlane) -> Counter[str]:
+    """What the operator's user sends in IDLE_SECONDS with nothing to do, by verb and resource."""
+    since = plane.audit_offset()
+    time.sleep(IDLE_SECONDS)
+    return Counter(
+        f"{e['verb']} {e['objectRef'].get('resource')}"
+        for e in plane.audit_events(since)
+        if e["user"]["username"] == OPERATOR_USER
+    )
+
+
+def _findings(status: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(status.get(name) for name in ("violations", "warnings", "dryrun", "policies"))
+
+
+def _team_clients(plane: ControlPlane) -> dict[str, dict[str, Any]]:
+    """The clients of the edited policy's namespace only: a cheap list to poll."""
+    response = plane.api.get(
+        plane.url(f"/apis/auth.nauthera.io/v1alpha1/namespaces/{team(EDITED)}/authclients"), timeout=30
+    )
+    response.raise_for_status()
+    return {f"{i['metadata']['namespace']}/{i['metadata']['name']}": i for i in response.json()["items"]}
+
+
+def _edit(cluster: Cluster, operator: RunningOperator) -> dict[str, Any]:
+    """Tighten the team-0005 policy; time until every client it governs shows the new decision."""
+    plane = cluster.plane
+    edited = exported(cluster.policies[EDITED])
+    edited["spec"]["token"]["accessTokenTTL"] = "1m"
+    edited["spec"]["allowedScopes"] = ["openid"]
+    affected = {
+        f"{c['metadata']['namespace']}/{c['metadata']['name']}": {k: v for k, v in c.items() if k != "status"}
+        for c in cluster.clients
+        if c["metadata"]["namespace"] == team(EDITED)
+    }
+    before = {k: o["status"] for k, o in _team_clients(plane).items()}
+    assert set(before) == set(affected)
+    revision_before = operator.readiness()["revision"]
+    since = plane.audit_offset()
+    started = time.monotonic()
+    plane.apply([edited])
+    _wait(lambda: operator.readiness()["revision"] != revision_before, 300, "the new revision", 0.05)
+    bundle = operator.store / "revisions" / operator.readiness()["revision"] / "bundle.tar.gz"
+    anchor_started = time.monotonic()
+    decisions = dict(zip(affected, evaluate(bundle, list(affected.values())), strict=True))
+    anchor = time.monotonic() - anchor_started
+    expected = {
+        k: (d["violations"], d["warnings"], d["dryrun"], sorted(d["policies"])) for k, d in decisions.items()
+    }
+
+    def current_now() -> bool:
+        listed = _team_clients(plane)
+        return all(_findings(listed[k]["status"]) == expected[k] for k in affected)
+
+    _wait(current_now, 300, "the edit's statuses", 0.05)
+    seconds = time.monotonic() - started
+    time.sleep(2)  # writes still coming in would show in the count
+    writes = Counter(
+        e["objectRef"]["resource"]
+        for e in plane.audit_events(since)
+        if e["user"]["username"] == OPERATOR_USER and e["objectRef"].get("subresource") == "status"
+    )
+    changed = sum(1 for k in affected if _findings(before[k]) != expected[k])
+    return {
+        "seconds": seconds,
+        "anchor": anchor,
+        "writes": writes,
+        "affected": len(affected),
+        "changed": changed,
+    }
+
+
 def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
     del budget
     policies_count, clients_count = (100, 1_000) if ws.quick else (1_000, 10_000)
     result = Result("operator", f"Operator: {clients_count:,} AuthClients, {policies_count:,} AuthPolicies")
     result.config = {"policies": policies_count, "clients": clients_count, "idle_seconds": IDLE_SECONDS}
-    step = ui.task("operator: set-up", total=5)
+    step = ui.task("operator: populating the cluster", total=4)
     with control_plane(ws.scratch("operator-plane")) as plane:
-        install_crds(
-            plane, [d for p in sorted((REPO / "deploy" / "crds").glob("*.yaml")) for d in documents(p)]
-        )
-        policies = [policy(i) for i in range(policies_count)]
-        namespaces = [team(i) for i in range(policies_count)]
-        ensure_namespaces(plane, [*namespaces, "security", "nauthera-system"])
-        step.advance(description="operator: applying policies")
-        for start in range(0, policies_count, 500):
-            plane.apply(policies[start : start + 500])
-        step.advance(description="operator: applying clients")
-        clients = [generated_client(i, namespaces, seed=5) for i in range(clients_count)]
-        for start in range(0, clients_count, 1_000):
-            plane.apply(clients[start : start + 1_000])
+        cluster = _populate(plane, policies_count, clients_count)
         step.advance(description="operator: initial audit")
         operator = start_operator(
             plane, ws.scratch("operator"), "operator", "--leader-elect", "--writes-per-second", "400"
         )
         try:
-            started = time.monotonic()
+            written: set[tuple[str, str]] = set()
+            offset = 0
 
             def audited() -> bool:
-                listed = list_objects(plane, "authclients")
-                return len(listed) == clients_count and all(current(o) for o in listed.values())
+                # Progress from the audit log (a local file): polling lists of 10,000 objects would load
+                # the API server more than the operator does.
+                nonlocal offset
+                events = plane.audit_events(offset)
+                offset = plane.audit_offset()
+                written.update(
+                    (e["objectRef"]["resource"], f"{e['objectRef']['namespace']}/{e['objectRef']['name']}")
+                    for e in events
+                    if e["user"]["username"] == OPERATOR_USER
+                    and e["objectRef"].get("subresource") == "status"
+                )
+                return len(written) >= clients_count + policies_count
 
-            initial = _wait(audited, 900, "the initial audit")
+            initial = _wait(audited, 1800, "the initial audit", interval=1.0)
+            listed = [
+                *list_objects(plane, "authclients").values(),
+                *list_objects(plane, "authpolicies").values(),
+            ]
+            assert all(current(o) for o in listed), "an object without a current status after the audit"
             ui.log(f"operator: initial audit of {clients_count} clients in {initial:.1f} s")
             step.advance(description="operator: idle")
-            _wait(
-                lambda: all(current(o) for o in list_objects(plane, "authpolicies").values()),
-                300,
-                "policy statuses",
-            )
             time.sleep(3)
-            since = plane.audit_offset()
-            time.sleep(IDLE_SECONDS)
-            idle = Counter(
-                f"{e['verb']} {e['objectRef'].get('resource')}"
-                for e in plane.audit_events(since)
-                if e["user"]["username"] == OPERATOR_USER
-            )
-            idle_requests = sum(n for k, n in idle.items() if not k.startswith("watch "))
-            lease_requests = sum(n for k, n in idle.items() if k.endswith(" leases"))
-
+            idle = _idle_requests(plane)
             step.advance(description="operator: one policy edit")
-            edited = exported(policies[EDITED])
-            edited["spec"]["token"]["accessTokenTTL"] = "1m"
-            edited["spec"]["allowedScopes"] = ["openid"]
-            bundle = operator.store / "revisions" / operator.readiness()["revision"] / "bundle.tar.gz"
-            in_team = {
-                f"{c['metadata']['namespace']}/{c['metadata']['name']}": c
-                for c in clients
-                if c["metadata"]["namespace"] == team(EDITED)
-            }
-            anchor_started = time.monotonic()
-            evaluate(bundle, list(in_team.values()))
-            anchor = time.monotonic() - anchor_started
-            before = {k: o["status"] for k, o in list_objects(plane, "authclients").items() if k in in_team}
-            since = plane.audit_offset()
-            edit_started = time.monotonic()
-            plane.apply([edited])
-            revision_before = operator.readiness()["revision"]
-
-            def edit_done() -> bool:
-                state = operator.readiness()
-                if state["revision"] == revision_before:
-                    return False
-                listed = list_objects(plane, "authclients")
-                return all(
-                    listed[k]["status"]["revision"] == state["revision"] or listed[k]["status"] == before[k]
-                    for k in in_team
-                )
-
-            _wait(edit_done, 300, "the edit's statuses", interval=0.1)
-            edit_seconds = time.monotonic() - edit_started
-            time.sleep(2)
-            writes = Counter(
-                e["objectRef"]["resource"]
-                for e in plane.audit_events(since)
-                if e["user"]["username"] == OPERATOR_USER and e["objectRef"].get("subresource") == "status"
-            )
-            after = list_objects(plane, "authclients")
-            flipped = sum(
-                1
-                for k in in_team
-                if after[k]["status"]["conditions"][0]["status"] != before[k]["conditions"][0]["status"]
-            )
+            edit = _edit(cluster, operator)
             peak = _peak_rss_mib(operator.process.pid)
-            state = operator.readiness()
+            stats = operator.readiness()["stats"]
         finally:
             operator.stop()
         step.finish()
-    non_compliant = sum(1 for c in after.values() if c["status"]["conditions"][0]["status"] != "True")
+    idle_requests = sum(n for k, n in idle.items() if not k.startswith("watch "))
+    lease_requests = sum(n for k, n in idle.items() if k.endswith(" leases"))
+    writes = edit["writes"]
     result.rows = [
         Row(
-            "initial audit (all statuses written)",
+            "initial audit (every status written)",
             "s",
             initial,
             None,
@@ -171,29 +216,29 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
         Row(
             "one policy edit → affected statuses current",
             "s",
-            edit_seconds,
+            edit["seconds"],
             None,
-            f"opa eval of the {len(in_team)} affected clients",
-            anchor,
+            f"opa eval of the {edit['affected']} clients it governs",
+            edit["anchor"],
             goal="≤ 30 s",
-            goal_met=edit_seconds <= 30,
+            goal_met=edit["seconds"] <= 30,
         ),
         Row(
             "status writes for that edit",
             "writes",
             float(writes["authclients"] + writes["authpolicies"]),
             None,
-            "clients in the edited policy's namespace",
-            float(len(in_team)),
-            note=f"{writes['authclients']} clients ({flipped} flipped), {writes['authpolicies']} policies",
+            "clients whose decision changed + 1 policy",
+            float(edit["changed"] + 1),
+            note=f"{writes['authclients']} client and {writes['authpolicies']} policy statuses",
         ),
-        Row("operator peak RSS", "MiB", peak, None, "", None, goal="≤ 300 MiB", goal_met=peak <= 300),
+        Row("operator peak RSS (VmHWM)", "MiB", peak, None, "", None, goal="≤ 300 MiB", goal_met=peak <= 300),
         Row(
-            "requests/s while idle (not watches)",
+            "requests/s while idle, watches aside",
             "req/s",
             idle_requests / IDLE_SECONDS,
             None,
-            "Lease renewals alone",
+            "its Lease requests alone",
             lease_requests / IDLE_SECONDS,
             goal="only watches and the Lease",
             goal_met=idle_requests == lease_requests,
@@ -201,12 +246,11 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
     ]
     result.series = {
         "idle_requests": dict(idle),
-        "edit_writes": dict(writes),
-        "operator_stats": state["stats"],
+        "edit": {**edit, "writes": dict(writes)},
+        "operator_stats": stats,
     }
     result.notes = [
-        f"{non_compliant:,} of {clients_count:,} generated clients are not compliant after the edit "
-        "(the generator mixes compliant and violating clients on purpose).",
+        "The operator runs as its own user; every request it sends is counted in the API server's audit log.",
         "RSS is the operator process's own peak (VmHWM); each `opa eval` child lives for one batch.",
     ]
     return result

@@ -183,3 +183,32 @@ def test_the_targets_prefilter_never_misses_a_policy_that_governs(
             kept += may_govern(policy, client)
             excluded += not may_govern(policy, client)
     assert excluded > kept  # and it does filter: most pairs are excluded
+
+
+def test_the_commands_refuse_bad_input_with_exit_code_2(cli: Any, tmp_path: Path) -> None:
+    garbage = tmp_path / "kubeconfig"
+    garbage.write_text("clusters: [not, a, kubeconfig\n")
+    inventory = cli("inventory", "--kubeconfig", garbage)
+    assert inventory.returncode == 2 and "nauthera: error: cannot load kubeconfig" in inventory.stderr
+    assert "Traceback" not in inventory.stderr
+    operator = cli(
+        "operator", "--kubeconfig", garbage, "--store", tmp_path / "store", "--policies", tmp_path / "no"
+    )
+    assert operator.returncode == 2 and "is neither `cluster` nor a folder" in operator.stderr
+    unreachable = tmp_path / "unreachable"
+    unreachable.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    down = cli("inventory", "--kubeconfig", unreachable, "--format", "yaml")
+    assert down.returncode == 2 and "Invalid value for '--format'" in down.stderr
+    down = cli("inventory", "--kubeconfig", unreachable)
+    assert down.returncode == 2 and "cannot reach the API server at https://127.0.0.1:1" in down.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -89,7 +90,7 @@ class KubeClient:
                 k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
                     client_configuration=configuration
                 )
-        except (ConfigException, OSError, ValueError, TypeError, KeyError) as error:
+        except (ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError) as error:
             where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
             raise NautheraError(f"cannot load {where}: {error}") from error
         configuration.connection_pool_maxsize = pool_size
