@@ -173,8 +173,7 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
                 # Progress from the audit log (a local file): polling lists of 10,000 objects would load
                 # the API server more than the operator does.
                 nonlocal offset
-                events = plane.audit_events(offset)
-                offset = plane.audit_offset()
+                events, offset = plane.audit_read(offset)
                 written.update(
                     (e["objectRef"]["resource"], f"{e['objectRef']['namespace']}/{e['objectRef']['name']}")
                     for e in events

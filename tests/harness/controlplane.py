@@ -127,9 +127,17 @@ class ControlPlane:
 
     def audit_events(self, since: int = 0) -> list[dict[str, Any]]:
         """Audit events written after byte offset `since` (take one with `audit_offset`)."""
+        return self.audit_read(since)[0]
+
+    def audit_read(self, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Complete audit events after byte offset `since`, and the offset to read on from (a line the
+        API server is still writing is left for the next read)."""
         with self.audit_log.open("rb") as log:
             log.seek(since)
-            return [json.loads(line) for line in log.read().splitlines() if line.strip()]
+            data = log.read()
+        complete = data.rfind(b"\n") + 1
+        events = [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
+        return events, since + complete
 
     def audit_offset(self) -> int:
         return self.audit_log.stat().st_size if self.audit_log.exists() else 0

@@ -6,17 +6,18 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2
 from nauthera.cli.serve import _logging, _state, server_options
-from nauthera.kube import webhook
-from nauthera.kube.client import KubeClient
-from nauthera.kube.inventory import Inventory, take_inventory
-from nauthera.kube.leader import LeaderElector, identity, lease_namespace
-from nauthera.kube.reconcile import Operator, OperatorConfig
 from nauthera.serve.server import ServerState, create_app, parse_listen, run, serve
+
+if TYPE_CHECKING:
+    from nauthera.kube.inventory import Inventory
+    from nauthera.kube.leader import LeaderElector
+    from nauthera.kube.reconcile import Operator
 
 ENFORCE = ("opa", "gatekeeper", "both")
 _kubeconfig_option = click.option(
@@ -70,6 +71,11 @@ def operator_command(
     Serves the bundle (OPA's bundle protocol) and the AuthPolicy validating webhook at
     /validate/authpolicies on --listen (HTTPS with --tls-cert/--tls-key, which the API server needs).
     """
+    # The kubernetes client takes a second and 35 MB to import: only the cluster commands pay for it.
+    from nauthera.kube.client import KubeClient  # noqa: PLC0415
+    from nauthera.kube.leader import LeaderElector, identity, lease_namespace  # noqa: PLC0415
+    from nauthera.kube.reconcile import Operator, OperatorConfig  # noqa: PLC0415
+
     _logging()
     policy_paths: tuple[Path, ...] = ()
     if policies != "cluster":
@@ -109,6 +115,8 @@ async def _run_operator(
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> None:
+    from nauthera.kube import webhook  # noqa: PLC0415 - see operator_command
+
     loop = asyncio.get_running_loop()
 
     def published(channel: str) -> None:
@@ -171,6 +179,9 @@ def _inventory_text(inventory: Inventory) -> str:
 def inventory_command(kubeconfig: Path | None, output_format: str) -> None:
     """Every AuthClient with its governing policies, compliance and findings; every AuthPolicy with its
     governed and violating counts. Exit 1 when any client is not compliant (or has no current status)."""
+    from nauthera.kube.client import KubeClient  # noqa: PLC0415 - see operator_command
+    from nauthera.kube.inventory import take_inventory  # noqa: PLC0415
+
     client = KubeClient(kubeconfig)
     try:
         inventory = take_inventory(client)

@@ -20,6 +20,12 @@ from nauthera.compile.schema import API_VERSION, display_path
 from nauthera.compile.validation import check_policy, classify, duplicate_diagnostics, policy_identity
 
 
+def slim(doc: SourceDocument) -> SourceDocument:
+    """The document without its per-node position tables, which only validation needs: what the model
+    keeps (content and start) for 1,000 policies in a long-running operator."""
+    return SourceDocument(doc.file, doc.index, doc.content, {(): doc.start}, {})
+
+
 @dataclass(frozen=True)
 class CheckedPolicy:
     """One AuthPolicy document and what validation found; only documents without errors compile."""
@@ -88,7 +94,7 @@ def check_object(obj: Mapping[str, Any]) -> CheckedPolicy:
         return CheckedPolicy(ident, None, tuple(problems or ["not an AuthPolicy"]), ())
     doc = classified.policies[0]
     errors, warnings = spec_messages(doc, [*loaded.diagnostics, *check_policy(doc)])
-    return CheckedPolicy(ident, doc, tuple(errors), tuple(warnings))
+    return CheckedPolicy(ident, slim(doc), tuple(errors), tuple(warnings))
 
 
 def check_folder(paths: Sequence[Path]) -> tuple[list[CheckedPolicy], list[Diagnostic]]:
@@ -113,5 +119,5 @@ def check_folder(paths: Sequence[Path]) -> tuple[list[CheckedPolicy], list[Diagn
         problems = check_policy(doc)
         errors = [f"{d.position}: {d.message}" for d in problems if d.level is Level.ERROR]
         warnings = [f"{d.position}: {d.message}" for d in problems if d.level is Level.WARNING]
-        checked.append(CheckedPolicy(ident, doc, tuple(errors), tuple(warnings)))
+        checked.append(CheckedPolicy(ident, slim(doc), tuple(errors), tuple(warnings)))
     return checked, loose

@@ -47,8 +47,8 @@ from nauthera.store.folder import BundleStore
 
 log = logging.getLogger("nauthera.kube.operator")
 #: Clients per `opa eval`: bounds the input document and the answer held in memory at once.
-EVALUATION_CHUNK = 5_000
-WRITE_WORKERS = 4
+EVALUATION_CHUNK = 2_000
+WRITE_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class Operator:
         self.queue = ChangeQueue()
         self.stop_event = threading.Event()
         self.stats = Stats()
+        self._counting = threading.Lock()  # write callbacks run on the pool's threads
         self.leading = False
         self.limiter = RateLimiter(config.writes_per_second, max(1, int(config.writes_per_second * 2)))
         self.clients: dict[str, dict[str, Any]] = {}
@@ -361,6 +362,7 @@ class Operator:
     def _evaluate(self, keys: list[str]) -> None:
         assert self.revision is not None
         revision = self.revision
+        started = time.monotonic()
         bundle = self.store.bundle_path(revision)
         for start in range(0, len(keys), EVALUATION_CHUNK):
             chunk = [k for k in keys[start : start + EVALUATION_CHUNK] if k in self.clients]
@@ -374,6 +376,7 @@ class Operator:
                     self._policy_status_due = True
         self._to_evaluate.clear()
         self._to_write.update(keys)
+        log.info("evaluated %d clients in %.2f s", len(keys), time.monotonic() - started)
 
     # --- write -----------------------------------------------------------------------------------------
 
@@ -392,11 +395,16 @@ class Operator:
                 pending.append((key, obj, desired))
         self._to_write.clear()
         if pending:
+            # Clients whose compliance flips go first: that is what their owners and the audit wait for.
+            pending.sort(key=lambda item: st.is_compliant(item[1].get("status")) == st.is_compliant(item[2]))
+            started = time.monotonic()
             self._write_all(AUTHCLIENTS, pending, self._client_written)
+            log.info("wrote %d client statuses in %.2f s", len(pending), time.monotonic() - started)
 
     def _client_written(self, key: str, before: Mapping[str, Any], written: dict[str, Any]) -> None:
-        self.stats.client_writes += 1
-        self.clients[key] = compact(written)
+        with self._counting:
+            self.stats.client_writes += 1
+        self.clients[key] = written
         if (
             st.is_compliant(before.get("status")) is not False
             and st.is_compliant(written.get("status")) is False
@@ -428,8 +436,9 @@ class Operator:
             self._write_all(AUTHPOLICIES, pending, self._policy_written)
 
     def _policy_written(self, key: str, _: Mapping[str, Any], written: dict[str, Any]) -> None:
-        self.stats.policy_writes += 1
-        self.policy_objects[key] = compact(written)
+        with self._counting:
+            self.stats.policy_writes += 1
+        self.policy_objects[key] = written
 
     def _readiness(
         self, key: str, checked: CheckedPolicy | None, generation: int, enforced: set[str]
@@ -455,41 +464,50 @@ class Operator:
         pending: list[tuple[str, dict[str, Any], dict[str, Any]]],
         written: Callable[[str, Mapping[str, Any], dict[str, Any]], None],
     ) -> None:
-        """Patch every status (conditional on the observed resourceVersion), rate-limited, on a pool."""
+        """Update every status (conditional on the observed resourceVersion), rate-limited, on a pool.
 
-        def write(item: tuple[str, dict[str, Any], dict[str, Any]]) -> tuple[str, dict[str, Any] | KubeError]:
+        `written` runs in the pool's threads (it may record an Event); state it touches is per key.
+        Answers are compacted there too, so 10,000 full API responses never sit in memory at once.
+        """
+
+        def write(item: tuple[str, dict[str, Any], dict[str, Any]]) -> None:
             key, obj, desired = item
             if not self.leading or self.stop_event.is_set():
-                return key, KubeError(0, "no longer the leader")
-            self.limiter.acquire()
-            metadata = obj["metadata"]
-            try:
-                return key, self.client.replace_status(
-                    resource,
-                    metadata["namespace"],
-                    metadata["name"],
-                    desired,
-                    str(metadata["resourceVersion"]),
-                )
-            except KubeError as error:
-                return key, error
-
-        with ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="write") as pool:
-            results = list(pool.map(write, pending))
-        by_key = {key: obj for key, obj, _ in pending}
-        for key, outcome in results:
+                outcome: dict[str, Any] | KubeError = KubeError(0, "no longer the leader")
+            else:
+                self.limiter.acquire()
+                metadata = obj["metadata"]
+                try:
+                    outcome = compact(
+                        self.client.replace_status(
+                            resource,
+                            metadata["namespace"],
+                            metadata["name"],
+                            desired,
+                            str(metadata["resourceVersion"]),
+                        )
+                    )
+                except KubeError as error:
+                    outcome = error
             if isinstance(outcome, dict):
-                written(key, by_key[key], outcome)
+                written(key, obj, outcome)
+            else:
+                failures.append((key, obj, outcome))
+
+        failures: list[tuple[str, dict[str, Any], KubeError]] = []
+        with ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="write") as pool:
+            for _ in pool.map(write, pending):
+                pass
+        for key, obj, error in failures:
+            if error.status == 404:
                 continue
-            if outcome.status == 404:
-                continue
-            if outcome.status == 409:
+            if error.status == 409:
                 self.stats.conflicts += 1
-                self._reread(resource, by_key[key])
+                self._reread(resource, obj)
                 continue
-            if outcome.status:
+            if error.status:
                 self.stats.write_errors += 1
-                log.warning("cannot write the status of %s %s: %s", resource.kind, key, outcome)
+                log.warning("cannot write the status of %s %s: %s", resource.kind, key, error)
             if resource is AUTHCLIENTS:
                 self._to_write.add(key)
             else:
@@ -535,7 +553,8 @@ class Operator:
         try:
             self.limiter.acquire()
             self.client.request("POST", EVENTS.path(metadata["namespace"]), body=event)
-            self.stats.events += 1
+            with self._counting:
+                self.stats.events += 1
         except KubeError as error:
             log.warning("cannot record an Event for %s: %s", object_key(client), error)
 
