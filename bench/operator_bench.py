@@ -7,8 +7,9 @@ spread over the policies' team namespaces). One `nauthera operator` runs as the 
 counters. Figures:
 
 - initial audit: from start to every client and policy carrying a status;
-- one policy edit (the team-0005 policy's access-token maximum, so its clients flip) to every affected
-  status current, and how many status writes that took (only changed ones are written);
+- one policy edit (the deny policy of the team with the most governed clients: access-token maximum
+  1m, scopes `openid` only) to every affected status current, and how many status writes that took
+  (only changed ones are written);
 - the operator process's peak RSS (VmHWM; the `opa eval` children are transient and reported apart);
 - requests per second it sends while idle (30 s), by verb: the goal is none beyond its watches and the
   Lease renewals.
@@ -42,7 +43,6 @@ from tests.harness.operator import RunningOperator, current, generated_client, l
 
 REPO = Path(__file__).resolve().parents[1]
 IDLE_SECONDS = 30
-EDITED = 5  # bench/generate.CLIENT_TEAM: an exact, deny policy on team-0005
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -96,27 +96,40 @@ def _findings(status: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(status.get(name) for name in ("violations", "warnings", "dryrun", "policies"))
 
 
-def _team_clients(plane: ControlPlane) -> dict[str, dict[str, Any]]:
+def _edited_team(cluster: Cluster) -> int:
+    """The team whose own (deny) policy governs the most generated clients: the edit to measure."""
+    counts: Counter[int] = Counter()
+    for client in cluster.clients:
+        index = int(client["metadata"]["namespace"].removeprefix("team-"))
+        spec = cluster.policies[index]["spec"]
+        governed = client["spec"]["applicationType"] in spec["targets"].get("applicationTypes", [])
+        if governed and spec.get("enforcementAction", "deny") == "deny":
+            counts[index] += 1
+    return counts.most_common(1)[0][0]
+
+
+def _team_clients(plane: ControlPlane, index: int) -> dict[str, dict[str, Any]]:
     """The clients of the edited policy's namespace only: a cheap list to poll."""
     response = plane.api.get(
-        plane.url(f"/apis/auth.nauthera.io/v1alpha1/namespaces/{team(EDITED)}/authclients"), timeout=30
+        plane.url(f"/apis/auth.nauthera.io/v1alpha1/namespaces/{team(index)}/authclients"), timeout=30
     )
     response.raise_for_status()
     return {f"{i['metadata']['namespace']}/{i['metadata']['name']}": i for i in response.json()["items"]}
 
 
 def _edit(cluster: Cluster, operator: RunningOperator) -> dict[str, Any]:
-    """Tighten the team-0005 policy; time until every client it governs shows the new decision."""
+    """Tighten one team's policy; time until every client in its namespace shows the new decision."""
     plane = cluster.plane
-    edited = exported(cluster.policies[EDITED])
+    index = _edited_team(cluster)
+    edited = exported(cluster.policies[index])
     edited["spec"]["token"]["accessTokenTTL"] = "1m"
     edited["spec"]["allowedScopes"] = ["openid"]
     affected = {
         f"{c['metadata']['namespace']}/{c['metadata']['name']}": {k: v for k, v in c.items() if k != "status"}
         for c in cluster.clients
-        if c["metadata"]["namespace"] == team(EDITED)
+        if c["metadata"]["namespace"] == team(index)
     }
-    before = {k: o["status"] for k, o in _team_clients(plane).items()}
+    before = {k: o["status"] for k, o in _team_clients(plane, index).items()}
     assert set(before) == set(affected)
     revision_before = operator.readiness()["revision"]
     since = plane.audit_offset()
@@ -132,7 +145,7 @@ def _edit(cluster: Cluster, operator: RunningOperator) -> dict[str, Any]:
     }
 
     def current_now() -> bool:
-        listed = _team_clients(plane)
+        listed = _team_clients(plane, index)
         return all(_findings(listed[k]["status"]) == expected[k] for k in affected)
 
     _wait(current_now, 300, "the edit's statuses", 0.05)

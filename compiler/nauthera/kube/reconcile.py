@@ -108,6 +108,13 @@ def _decision_input(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if key != "status"}
 
 
+def _summarised(client: dict[str, Any]) -> dict[str, Any]:
+    """A client as the operator keeps it: its status reduced to `status.summary`."""
+    if "status" in client:
+        client["status"] = st.summary(client["status"])
+    return client
+
+
 def _inputs_differ(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     if old is None:
         return True
@@ -254,7 +261,7 @@ class Operator:
                 return
             if _inputs_differ(self.clients.get(change.key), change.obj):
                 self._to_evaluate.add(change.key)
-            self.clients[change.key] = change.obj
+            self.clients[change.key] = _summarised(change.obj)
             self._to_write.add(change.key)
             return
         if change.obj is None:
@@ -391,7 +398,7 @@ class Operator:
             desired = st.client_status(
                 entry[0], int(obj["metadata"].get("generation") or 0), entry[1], observed, at
             )
-            if not st.same(desired, observed):
+            if observed is None or st.digest(desired) != observed["digest"]:
                 pending.append((key, obj, desired))
         self._to_write.clear()
         if pending:
@@ -404,7 +411,7 @@ class Operator:
     def _client_written(self, key: str, before: Mapping[str, Any], written: dict[str, Any]) -> None:
         with self._counting:
             self.stats.client_writes += 1
-        self.clients[key] = written
+        self.clients[key] = _summarised(written)
         if (
             st.is_compliant(before.get("status")) is not False
             and st.is_compliant(written.get("status")) is False
@@ -446,14 +453,14 @@ class Operator:
         if checked is not None and checked.errors:
             good = self.last_good.get(key)
             kept = (
-                f"generation {good[0]} stays enforced by revision {self.revision}"
+                f"generation {good[0]} stays enforced"
                 if good is not None
                 else "no generation of this policy was ever valid, so none is enforced"
             )
             return False, "Invalid", f"{'; '.join(checked.errors)} ({kept})"
         if checked is None or key not in enforced:
             return False, "Pending", "not compiled yet"
-        message = f"generation {generation} enforced by revision {self.revision}"
+        message = f"generation {generation} is enforced"
         if checked.warnings:
             message += f"; warnings: {'; '.join(checked.warnings)}"
         return True, "Enforced", message
