@@ -50,7 +50,7 @@ def test_compliance_reasons_follow_spec_section_7() -> None:
     schema = {**UNGOVERNED, "violations": [{"policy": None, "field": "schema", "message": "bad"}]}
     assert compliance(schema)[:2] == (False, "Invalid")
     allowed = {**DENIED, "allowed": True, "violations": [], "warnings": DENIED["violations"]}
-    assert compliance(allowed) == (True, "Compliant", "allowed by security/p (1 warnings)")
+    assert compliance(allowed) == (True, "Compliant", "allowed by security/p (1 warning)")
 
 
 def test_last_transition_time_moves_only_when_the_status_does() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,15 +149,25 @@ class KubeClient:
             raw.release_conn()
         if raw.status >= 300:
             raise _status_error(raw.status, data)
-        return json.loads(data) if data else {}
+        try:
+            return json.loads(data) if data else {}
+        except ValueError as error:
+            raise KubeError(0, f"{self.server}{path} answered something that is not JSON: {error}") from error
 
-    def list(self, resource: Resource, page_size: int = 500) -> tuple[list[dict[str, Any]], str]:
-        """Every object of `resource` in all namespaces (paged) and the list's resourceVersion."""
+    def list(
+        self,
+        resource: Resource,
+        page_size: int = 500,
+        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object of `resource` in all namespaces (paged) and the list's resourceVersion. `keep`
+        reduces each object as its page arrives, so 10,000 full objects never sit in memory at once."""
         items: list[dict[str, Any]] = []
         query: dict[str, str | int] = {"limit": page_size}
         while True:
             page = self.request("GET", resource.path(), query=query, timeout=60)
-            items.extend(page.get("items") or [])
+            found = page.get("items") or []
+            items.extend(map(keep, found) if keep else found)
             token = page.get("metadata", {}).get("continue")
             if not token:
                 return items, str(page["metadata"]["resourceVersion"])

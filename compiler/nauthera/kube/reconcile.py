@@ -47,7 +47,7 @@ from nauthera.store.folder import BundleStore
 
 log = logging.getLogger("nauthera.kube.operator")
 #: Clients per `opa eval`: bounds the input document and the answer held in memory at once.
-EVALUATION_CHUNK = 2_000
+EVALUATION_CHUNK = 1_000
 WRITE_WORKERS = 8
 
 
@@ -226,6 +226,10 @@ class Operator:
             except NautheraError as error:
                 log.error("reconcile round failed, retrying: %s", error)
                 self.stop_event.wait(1.0)
+                self._policies_changed = True
+            except Exception:  # a bug must not stop the audit for good: report it, retry the round
+                log.exception("reconcile round crashed, retrying in 5 s")
+                self.stop_event.wait(5.0)
                 self._policies_changed = True
             self.stats.last_round_seconds = time.monotonic() - started
 

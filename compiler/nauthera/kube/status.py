@@ -70,9 +70,11 @@ def compliance(decision: Mapping[str, Any]) -> tuple[bool, str, str]:
         message = (
             f"allowed by {', '.join(governing)}" if governing else "allowed (no governing policy needed)"
         )
-        extra = [
-            f"{len(decision.get(name) or [])} {name}" for name in ("warnings", "dryrun") if decision.get(name)
-        ]
+        counts = {
+            "warning": len(decision.get("warnings") or []),
+            "dryrun finding": len(decision.get("dryrun") or []),
+        }
+        extra = [f"{n} {what}{'s' if n != 1 else ''}" for what, n in counts.items() if n]
         return True, COMPLIANT, message + (f" ({', '.join(extra)})" if extra else "")
     fields = {v.get("field") for v in violations}
     if fields == {"targets"}:

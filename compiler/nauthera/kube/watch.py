@@ -181,18 +181,22 @@ class Reflector:
                 delay = backoff.delay()
                 log.warning("%s: %s; retrying in %.1f s", self.resource.plural, error, delay)
                 self.stop.wait(delay)
+            except Exception:  # an object we cannot read must not end the mirror: list again later
+                log.exception("%s: watch crashed; listing again", self.resource.plural)
+                resource_version = None
+                self.stop.wait(backoff.delay())
 
     def _emit(self, obj: dict[str, Any] | None, key: str) -> None:
         self.queue.put(Change(self.resource, key, compact(obj) if obj is not None else None))
 
     def _relist(self) -> str:
-        items, resource_version = self.client.list(self.resource)
+        items, resource_version = self.client.list(self.resource, keep=compact)
         listed = {}
         for item in items:
             key = object_key(item)
             listed[key] = str(item["metadata"]["resourceVersion"])
             if self.known.get(key) != listed[key]:
-                self._emit(item, key)
+                self.queue.put(Change(self.resource, key, item))
         for key in set(self.known) - set(listed):
             self._emit(None, key)
         self.known = listed
