@@ -230,7 +230,7 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
             "s",
             edit["seconds"],
             None,
-            f"opa eval of the {edit['affected']} clients it governs",
+            f"opa eval of the {edit['affected']} clients in its namespace",
             edit["anchor"],
             goal="≤ 30 s",
             goal_met=edit["seconds"] <= 30,

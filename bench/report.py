@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR, RESULTS_DIR
 
-MEASURES = ("compile", "decision", "enforcement", "server")
+MEASURES = ("compile", "decision", "enforcement", "server", "operator")
 README = BENCH_DIR / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NONE = "n/a"
@@ -117,6 +117,15 @@ def results_markdown(results: dict[str, dict[str, Any]]) -> str:
     ]
     for name, result in results.items():
         lines += [f"#### {result['title']}", ""]
+        if result.get("date", "")[:10] != first.get("date", "")[:10]:
+            machine = result.get("machine", {})
+            start = machine.get("load_average", [0])[0]
+            end = result.get("machine_end", {}).get("load_average", [0])[0]
+            lines += [
+                f"Measured separately on {result.get('date')}, commit {machine.get('git_commit')}; "
+                f"1-minute load average {start:.2f} at the start, {end:.2f} at the end.",
+                "",
+            ]
         if result.get("error"):
             lines += [f"**This measure failed:** `{result['error']}`", ""]
         lines += table(result)
