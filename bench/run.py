@@ -27,7 +27,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import admission_bench, compile_bench, decision_bench, enforcement_bench, report, server_bench
+from bench import (
+    admission_bench,
+    compile_bench,
+    decision_bench,
+    enforcement_bench,
+    operator_bench,
+    report,
+    server_bench,
+)
 from bench.common import RESULTS_DIR, Budget, Result, Ui, Workspace, machine_info, now_iso, tool_versions
 
 Measure = Callable[[Workspace, Ui, Budget], Result]
@@ -38,6 +46,7 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "enforcement": (enforcement_bench.run, 150),
     "server": (server_bench.run, 150),
     "admission": (admission_bench.run, 600),
+    "operator": (operator_bench.run, 600),
 }
 
 

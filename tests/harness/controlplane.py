@@ -8,6 +8,11 @@ started with SIGTERM and asserts that each exits cleanly.
     with control_plane(workdir) as plane:
         plane.kubectl("apply", "--server-side", "-f", "deploy/crds")
         plane.api.get(f"{plane.server}/apis/auth.nauthera.io/v1alpha1/authclients")
+
+The API server writes an audit log (`plane.audit_log`, JSON lines) of every status write and Event, and of
+every request by the user `nauthera-operator` (`plane.operator_kubeconfig`): counting the operator's
+writes and its idle traffic from the server's side, not from the operator's own counters.
+`restart_apiserver` stops kube-apiserver and starts it again on the same port (etcd keeps the data).
 """
 
 from __future__ import annotations
@@ -32,6 +37,27 @@ from .processes import Process, free_port, stop_all, wait_until
 #: The engines a control plane needs (built by `make tools`); tests/conftest.py fails without them.
 ENGINES = ("etcd", "kube-apiserver", "kubectl")
 READY_TIMEOUT = 90.0
+#: The user (client certificate common name, cluster-admin) that operators run as in tests and benchmarks.
+OPERATOR_USER = "nauthera-operator"
+#: What the audit log records: writes of our status subresources and Events by anyone, and everything the
+#: operator's user does (watches included). Metadata level: who, what, when and the answer's code.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "Metadata", "users": [OPERATOR_USER]},
+        {
+            "level": "Metadata",
+            "verbs": ["patch", "update"],
+            "resources": [
+                {"group": "auth.nauthera.io", "resources": ["authclients/status", "authpolicies/status"]}
+            ],
+        },
+        {"level": "Metadata", "verbs": ["create"], "resources": [{"group": "", "resources": ["events"]}]},
+        {"level": "None"},
+    ],
+}
 
 
 @dataclass
@@ -45,6 +71,7 @@ class ControlPlane:
     kubeconfig: Path
     processes: list[Process]
     start_seconds: float
+    operator_kubeconfig: Path
     api: requests.Session = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +120,45 @@ class ControlPlane:
 
     def url(self, path: str) -> str:
         return f"{self.server}{path}"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def audit_events(self, since: int = 0) -> list[dict[str, Any]]:
+        """Audit events written after byte offset `since` (take one with `audit_offset`)."""
+        return self.audit_read(since)[0]
+
+    def audit_read(self, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Complete audit events after byte offset `since`, and the offset to read on from (a line the
+        API server is still writing is left for the next read)."""
+        with self.audit_log.open("rb") as log:
+            log.seek(since)
+            data = log.read()
+        complete = data.rfind(b"\n") + 1
+        events = [json.loads(line) for line in data[:complete].splitlines() if line.strip()]
+        return events, since + complete
+
+    def audit_offset(self) -> int:
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
+
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver (cleanly) and start it again with the same flags and port; returns how many
+        seconds it was unreachable. Clients see their connections and watches break, then recover."""
+        apiserver = self.processes[-1]
+        assert apiserver.name == "kube-apiserver", apiserver.name
+        started = time.monotonic()
+        apiserver.stop()
+        self.api.close()
+        replacement = Process(apiserver.args, apiserver.log).start()
+        self.processes[-1] = replacement
+        self.api = self.session()
+        replacement.wait_ready(
+            lambda: self.api.get(self.url("/readyz"), timeout=5).status_code == 200,
+            READY_TIMEOUT,
+            "kube-apiserver /readyz after a restart",
+        )
+        return time.monotonic() - started
 
     def stop(self) -> None:
         """Stop kube-apiserver, then etcd; assert both exit cleanly on SIGTERM."""
@@ -144,6 +210,8 @@ def _etcd(workdir: Path) -> tuple[Process, str]:
 
 def _apiserver(workdir: Path, etcd_url: str, ca: CertificateAuthority) -> tuple[Process, str]:
     port = free_port()
+    audit_policy = workdir / "audit-policy.yaml"
+    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
     serving = ca.serving("kube-apiserver")
     account_public, account_private = signing_key(ca.folder, "service-accounts")
     args = [
@@ -164,6 +232,14 @@ def _apiserver(workdir: Path, etcd_url: str, ca: CertificateAuthority) -> tuple[
         f"--service-account-signing-key-file={account_private}",
         f"--cert-dir={workdir / 'apiserver-certs'}",
         "--profiling=false",
+        f"--audit-policy-file={audit_policy}",
+        f"--audit-log-path={workdir / 'audit.log'}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+        "--audit-log-maxsize=0",
+        # On SIGTERM, end open watches after 2 s: otherwise a stop waits for every client's watch to time
+        # out (minutes) before the process exits.
+        "--shutdown-watch-termination-grace-period=2s",
         "--v=0",
     ]
     process = Process(args, workdir / "kube-apiserver.log").start()
@@ -186,7 +262,9 @@ def start_control_plane(workdir: Path) -> ControlPlane:
         apiserver, server = _apiserver(workdir, etcd_url, ca)
         processes.append(apiserver)
         kubeconfig = _kubeconfig(workdir / "kubeconfig", server, ca, admin)
-        plane = ControlPlane(workdir, ca, admin, server, kubeconfig, processes, 0.0)
+        operator = ca.issue(OPERATOR_USER, organization="system:masters", client=True)
+        operator_kubeconfig = _kubeconfig(workdir / "operator-kubeconfig", server, ca, operator)
+        plane = ControlPlane(workdir, ca, admin, server, kubeconfig, processes, 0.0, operator_kubeconfig)
         apiserver.wait_ready(
             lambda: plane.api.get(plane.url("/readyz"), timeout=5).status_code == 200,
             READY_TIMEOUT,

@@ -126,6 +126,11 @@ class Gatekeeper:
         )
         self.plane.apply(constraints)
         self.applied = wanted
+        self.wait_enforced(wanted, timeout)
+
+    def wait_enforced(self, wanted: dict[str, set[str]], timeout: float = 90) -> None:
+        """Wait until Gatekeeper enforces each named constraint (kind in lower case → names) at its
+        current generation, whoever applied it (the harness or the operator)."""
         self.process.wait_ready(
             lambda: self._enforced(wanted), timeout, "Gatekeeper to enforce every constraint"
         )

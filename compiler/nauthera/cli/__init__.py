@@ -13,6 +13,7 @@ import click
 from nauthera import __version__
 from nauthera.cli.compile import check_command, compile_command, test_command
 from nauthera.cli.importing import import_group
+from nauthera.cli.operator import inventory_command, operator_command
 from nauthera.cli.serve import agents_command, decisions_command, serve_command, sidecar_command
 from nauthera.cli.store import bundle as bundle_group
 from nauthera.cli.store import impact_command
@@ -40,5 +41,7 @@ for _command in (
     sidecar_command,
     agents_command,
     decisions_command,
+    operator_command,
+    inventory_command,
 ):
     main.add_command(_command)
