@@ -1,4 +1,8 @@
-"""What every measure shares: statistics, child processes on loopback, machine facts, result files."""
+"""What every measure shares: statistics, memory of child processes, machine facts, result files.
+
+Child processes themselves are tests/harness/processes.py's (`Process`, `free_port`, `wait_until`): one
+helper for tests, benchmarks and demos.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,15 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
 from nauthera import __version__ as nauthera_version
 from nauthera.engines.tools import find_tool
 from rich.console import Console
@@ -116,61 +118,6 @@ class Budget:
 
 
 # --- child processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `condition` until it returns something truthy; raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except (requests.RequestException, OSError, ValueError, KeyError) as error:
-            last_error, value = error, None
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
-
-
-class Child:
-    """A long-running child process, output to a log file; `stop` terminates and reaps it (by pid)."""
-
-    def __init__(self, args: Sequence[str | Path], log: Path, env: dict[str, str] | None = None) -> None:
-        self.args = [str(a) for a in args]
-        self.log = log
-        with log.open("ab") as output:
-            self.handle = subprocess.Popen(
-                self.args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.handle.pid
-
-    def alive(self) -> bool:
-        return self.handle.poll() is None
-
-    def stop(self) -> None:
-        if self.handle.poll() is None:
-            self.handle.terminate()
-            try:
-                self.handle.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.handle.kill()
-                self.handle.wait()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def memory_kib(self) -> dict[str, int]:
-        return process_memory_kib(self.pid)
 
 
 class MemorySampler:

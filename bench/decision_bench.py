@@ -25,23 +25,21 @@ import requests
 import yaml
 
 from bench.common import (
-    LOOPBACK,
     Budget,
-    Child,
     Result,
     Row,
     Step,
     Ui,
     Workspace,
-    free_port,
     nauthera_command,
+    process_memory_kib,
     ratio,
     run_wait4,
     summary,
     tool,
-    wait_until,
 )
 from bench.generate import CLIENT_TEAM, client, team
+from tests.harness.processes import Process, opa_serving, wait_until
 
 COUNTS = (10, 1_000, 10_000)
 QUICK_COUNTS = (10, 1_000)
@@ -58,22 +56,8 @@ STORES = {"default": [], "read-optimized": ["--optimize-store-for-read-speed"]}
 # --- OPA server over REST --------------------------------------------------------------------------
 
 
-def opa_server(bundle: Path, log: Path, extra: list[str]) -> tuple[Child, str]:
-    port = free_port()
-    args: list[str | Path] = [
-        tool("opa"),
-        "run",
-        "--server",
-        "--addr",
-        f"{LOOPBACK}:{port}",
-        "--log-level",
-        "error",
-        "--skip-version-check",
-        *extra,
-        "--bundle",
-        bundle,
-    ]
-    return Child(args, log), f"http://{LOOPBACK}:{port}"
+def opa_server(bundle: Path, log: Path, extra: list[str]) -> tuple[Process, str]:
+    return opa_serving(bundle, log, "--log-level", "error", *extra)
 
 
 def check_decision(result: dict[str, Any] | None) -> None:
@@ -116,7 +100,7 @@ class RestTarget:
             "samples_ms": self.runs,
             "summary_ms": summary(flat),
             "per_run_ms": [summary(run) for run in self.runs],
-            "opa_rss_mib": self.server.memory_kib().get("VmRSS", 0) / 1024,
+            "opa_rss_mib": process_memory_kib(self.server.pid).get("VmRSS", 0) / 1024,
         }
 
     def stop(self) -> None:

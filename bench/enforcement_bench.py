@@ -32,20 +32,19 @@ import yaml
 from bench.common import (
     LOOPBACK,
     Budget,
-    Child,
     MemorySampler,
     Result,
     Row,
     Step,
     Ui,
     Workspace,
-    free_port,
     nauthera_command,
+    process_memory_kib,
     summary,
     tool,
-    wait_until,
 )
 from bench.generate import CLIENT_TEAM, client, generate, policy, write_policy
+from tests.harness.processes import Process, free_port, wait_until
 
 DECISION_PATH = "/v1/data/nauthera/authclient/decision"
 POLL_INTERVAL = 0.005
@@ -101,7 +100,7 @@ def polling_model(low: float, high: float) -> dict[str, float]:
 # --- processes -------------------------------------------------------------------------------------
 
 
-def opa_agent(workdir: Path, name: str, server: str, polling: dict[str, Any]) -> tuple[Child, str]:
+def opa_agent(workdir: Path, name: str, server: str, polling: dict[str, Any]) -> tuple[Process, str]:
     port = free_port()
     config = {
         "services": {"nauthera": {"url": server}},
@@ -121,7 +120,7 @@ def opa_agent(workdir: Path, name: str, server: str, polling: dict[str, Any]) ->
         "--config-file",
         config_file,
     ]
-    return Child(args, workdir / f"{name}.log"), f"http://{LOOPBACK}:{port}"
+    return Process(args, workdir / f"{name}.log").start(), f"http://{LOOPBACK}:{port}"
 
 
 def allowed(session: requests.Session, opa_url: str) -> bool | None:
@@ -165,7 +164,7 @@ def channel_updated(session: requests.Session, sidecar: str) -> float | None:
     return float(updated) if updated is not None else None
 
 
-def start_agents(workdir: Path, sidecar_url: str, children: list[Child]) -> tuple[str, str]:
+def start_agents(workdir: Path, sidecar_url: str, children: list[Process]) -> tuple[str, str]:
     """The long-polling OPA (60-120 s periodic fallback) and the plain-polling one (1-2 s)."""
     low, high = DEFAULT_POLLING
     long_poll = {
@@ -245,13 +244,13 @@ def run_series(
     store = workdir / "store"
     port = free_port()
     sidecar_url = f"http://{LOOPBACK}:{port}"
-    children: list[Child] = []
+    children: list[Process] = []
     samples: list[float] = []
     to_publish: list[float] = []
     plain: list[float] = []
     step = ui.task(f"change-to-enforcement, {count:,} policies", total=edits + 1)
     try:
-        sidecar = Child(
+        sidecar = Process(
             nauthera_command(
                 "sidecar",
                 "--source",
@@ -264,19 +263,21 @@ def run_series(
                 "50ms",
             ),
             workdir / "sidecar.log",
-        )
+        ).start()
         children.append(sidecar)
         sampler = MemorySampler(sidecar.pid)
         wait_until(lambda: requests.get(f"{sidecar_url}/readyz", timeout=2).ok, 600, "the sidecar to serve")
         ready = sampler.elapsed()
-        memory_at_ready = sidecar.memory_kib()
+        memory_at_ready = process_memory_kib(sidecar.pid)
         fast_url, slow_url = start_agents(workdir, sidecar_url, children)
         step.advance()
         agents = _Agents(sidecar_url, fast_url, slow_url, plain_edits)
         timeouts = agents.edit_all(ui, step, repo, count, edits, budget, samples, to_publish, plain)
-        memory = sidecar.memory_kib()
+        memory = process_memory_kib(sidecar.pid)
         metrics = requests.get(f"{sidecar_url}/metrics", timeout=5).text
-        opa_memory = children[1].memory_kib()  # the long-polling OPA (start_agents starts it first)
+        opa_memory = process_memory_kib(
+            children[1].pid
+        )  # the long-polling OPA (start_agents starts it first)
         tree_peak = sampler.stop()
     finally:
         for child in reversed(children):

@@ -194,8 +194,9 @@ def server_runtime(policies: int) -> None:
     """`nauthera serve` with 1,000 held long polls, as is and with runtime variants (wrk, 2 x 4 s each)."""
     from nauthera.store.folder import BundleStore  # noqa: PLC0415
 
-    from bench.common import LOOPBACK, Child, free_port, wait_until  # noqa: PLC0415
+    from bench.common import LOOPBACK  # noqa: PLC0415
     from bench.server_bench import check_response, holders, holding, serves, wrk  # noqa: PLC0415
+    from tests.harness.processes import Process, free_port, wait_until  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="nauthera-exp-") as scratch:
         root = Path(scratch)
@@ -209,7 +210,7 @@ def server_runtime(policies: int) -> None:
             url = f"http://{LOOPBACK}:{port}"
             args: list[str | Path] = [sys.executable, root / "serve_variant.py", variant, "serve"]
             args += ["--store", root / "store"]
-            server = Child([*args, "--listen", f"{LOOPBACK}:{port}"], root / f"serve-{port}.log")
+            server = Process([*args, "--listen", f"{LOOPBACK}:{port}"], root / f"serve-{port}.log").start()
             try:
                 wait_until(functools.partial(serves, url), 30, "serve")
                 etag = check_response(url, None, 200)

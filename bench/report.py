@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR, RESULTS_DIR
 
-MEASURES = ("compile", "decision", "enforcement", "server")
+MEASURES = ("compile", "decision", "enforcement", "server", "admission", "operator")
 README = BENCH_DIR / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NONE = "n/a"
@@ -94,9 +94,10 @@ def results_markdown(results: dict[str, dict[str, Any]]) -> str:
         return "_No results yet: run `make bench`._"
     first = next(iter(results.values()))
     machine, tools = first.get("machine", {}), first.get("tools", {})
-    loads = [r.get("machine", {}).get("load_average", [0])[0] for r in results.values()]
-    loads += [r.get("machine_end", {}).get("load_average", [0])[0] for r in results.values()]
-    total = sum(r.get("wall_seconds", 0) for r in results.values())
+    same_run = [r for r in results.values() if not _provenance(r, first)]
+    loads = [r.get("machine", {}).get("load_average", [0])[0] for r in same_run]
+    loads += [r.get("machine_end", {}).get("load_average", [0])[0] for r in same_run]
+    total = sum(r.get("wall_seconds", 0) for r in same_run)
     lines = [
         f"Measured {first.get('date', '?')} on {machine.get('cores', '?')} cores "
         f"({machine.get('cpu', '?')}), "
@@ -117,6 +118,7 @@ def results_markdown(results: dict[str, dict[str, Any]]) -> str:
     ]
     for name, result in results.items():
         lines += [f"#### {result['title']}", ""]
+        lines += _provenance(result, first)
         if result.get("error"):
             lines += [f"**This measure failed:** `{result['error']}`", ""]
         lines += table(result)
@@ -128,6 +130,25 @@ def results_markdown(results: dict[str, dict[str, Any]]) -> str:
         if (RESULTS_DIR / f"{name}.png").exists():
             lines += [f"![{name}](results/{name}.png)", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _provenance(result: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """A measure run at another time or commit than the first one (`--only`) says so under its title."""
+    machine = result.get("machine", {})
+    commit = machine.get("git_commit", "?")
+    if result.get("date", "?")[:10] == first.get("date", "?")[:10] and commit == first.get("machine", {}).get(
+        "git_commit"
+    ):
+        return []
+    start = machine.get("load_average", [0])[0]
+    end = result.get("machine_end", {}).get("load_average", [0])[0]
+    quick = " (**quick run**)" if result.get("quick") else ""
+    return [
+        f"_Measured separately: {result.get('date', '?')}{quick}, commit {commit}"
+        + (" with uncommitted compiler changes" if machine.get("compiler_dirty") else "")
+        + f"; 1-minute load average {start:.2f} at the start, {end:.2f} at the end._",
+        "",
+    ]
 
 
 def update_readme(results: dict[str, dict[str, Any]], readme: Path = README) -> None:
@@ -295,6 +316,24 @@ def _plot_server(result: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
+def _plot_admission(result: dict[str, Any], plt: Any) -> Any:
+    from bench.admission_bench import LABELS, ROUTES  # noqa: PLC0415
+
+    series = sorted((s for k, s in result["series"].items() if k.isdigit()), key=lambda s: s["policies"])
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(ROUTES)
+    for axis, stat in ((axes[0], "median"), (axes[1], "p99")):
+        for number, route in enumerate(ROUTES):
+            values = [s["summary_ms"][route][stat] for s in series]
+            offsets = [i + (number - (len(ROUTES) - 1) / 2) * width for i in range(len(series))]
+            axis.bar(offsets, values, width=width, label=LABELS[route])
+        axis.set_xticks(range(len(series)), [f"{s['policies']:,} policies" for s in series])
+        name = "p50" if stat == "median" else "p99"
+        axis.set(title=f"AuthClient create (dry run) {name}", ylabel="ms (log scale)", yscale="log")
+    axes[0].legend(fontsize=8)
+    return figure
+
+
 def _med(values: list[float]) -> float:
     if not values:
         return math.nan
@@ -308,6 +347,7 @@ PLOTS = {
     "decision": _plot_decision,
     "enforcement": _plot_enforcement,
     "server": _plot_server,
+    "admission": _plot_admission,
 }
 
 

@@ -1,6 +1,6 @@
 """`make bench`: run every measure, write bench/results/*.json and plots, regenerate bench/README.md.
 
-python -m bench.run              # everything (about 6 minutes on 2 cores)
+python -m bench.run              # everything (about 13 minutes on 2 cores)
 python -m bench.run --quick      # smaller sizes and fewer repetitions, for development
 python -m bench.run --only decision,server
 """
@@ -27,7 +27,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from bench import compile_bench, decision_bench, enforcement_bench, report, server_bench
+from bench import (
+    admission_bench,
+    compile_bench,
+    decision_bench,
+    enforcement_bench,
+    operator_bench,
+    report,
+    server_bench,
+)
 from bench.common import RESULTS_DIR, Budget, Result, Ui, Workspace, machine_info, now_iso, tool_versions
 
 Measure = Callable[[Workspace, Ui, Budget], Result]
@@ -37,6 +45,8 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "decision": (decision_bench.run, 280),
     "enforcement": (enforcement_bench.run, 300),
     "server": (server_bench.run, 150),
+    "admission": (admission_bench.run, 600),
+    "operator": (operator_bench.run, 600),
 }
 
 

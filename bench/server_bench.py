@@ -30,20 +30,18 @@ from bench.common import (
     BENCH_DIR,
     LOOPBACK,
     Budget,
-    Child,
     Result,
     Row,
     Step,
     Ui,
     Workspace,
     children_of,
-    free_port,
     nauthera_command,
     process_cpu_seconds,
     process_memory_kib,
     summary,
-    wait_until,
 )
+from tests.harness.processes import Process, free_port, wait_until
 
 HELD = 1_000
 QUICK_HELD = 200
@@ -92,17 +90,19 @@ http {{
     return target
 
 
-def start_nginx(workdir: Path, bundle: Path) -> tuple[Child, str]:
+def start_nginx(workdir: Path, bundle: Path) -> tuple[Process, str]:
     prefix = workdir / "nginx"
     (prefix / "www" / "bundles").mkdir(parents=True)
     shutil.copyfile(bundle, prefix / "www" / "bundles" / "stable")
     port = free_port()
     config = nginx_config(prefix, port)
-    child = Child(["nginx", "-p", prefix, "-e", prefix / "error.log", "-c", config], workdir / "nginx.log")
+    child = Process(
+        ["nginx", "-p", prefix, "-e", prefix / "error.log", "-c", config], workdir / "nginx.log"
+    ).start()
     return child, f"http://{LOOPBACK}:{port}"
 
 
-def holders(workdir: Path, name: str, url: str, etag: str, count: int, mode: str, duration: float) -> Child:
+def holders(workdir: Path, name: str, url: str, etag: str, count: int, mode: str, duration: float) -> Process:
     port = int(url.rsplit(":", 1)[1])
     status = workdir / f"{name}.json"
     args = [
@@ -126,7 +126,9 @@ def holders(workdir: Path, name: str, url: str, etag: str, count: int, mode: str
         "--duration",
         str(duration),
     ]
-    return Child(args, workdir / f"{name}.log", env={**os.environ, "PYTHONPATH": str(BENCH_DIR.parent)})
+    return Process(
+        args, workdir / f"{name}.log", env={**os.environ, "PYTHONPATH": str(BENCH_DIR.parent)}
+    ).start()
 
 
 def holder_status(workdir: Path, name: str) -> dict[str, Any]:
@@ -225,7 +227,7 @@ def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
     BundleStore(store).publish(bundle, "stable", message="bench", author="bench")
     port = free_port()
     nauthera_url = f"http://{LOOPBACK}:{port}"
-    children: list[Child] = []
+    children: list[Process] = []
     step = ui.task("bundle server", total=2 + runs * len(SCENARIOS) * 2)
     data: dict[str, Any] = {
         "bundle_policies": count,
@@ -237,10 +239,10 @@ def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
         "results": {"nauthera": {s: [] for s in SCENARIOS}, "nginx": {s: [] for s in SCENARIOS}},
     }
     try:
-        server = Child(
+        server = Process(
             nauthera_command("serve", "--store", store, "--listen", f"{LOOPBACK}:{port}"),
             workdir / "serve.log",
-        )
+        ).start()
         children.append(server)
         nginx, nginx_url = start_nginx(workdir, bundle)
         children.append(nginx)

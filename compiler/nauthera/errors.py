@@ -15,3 +15,11 @@ class ToolFailedError(NautheraError):
 
 class InputError(NautheraError):
     """A path or file given on the command line cannot be read."""
+
+
+class NotABundleError(InputError):
+    """A file given as a bundle is not a Nauthera bundle (not a .tar.gz, or not one the compiler wrote)."""
+
+
+class OutputError(NautheraError):
+    """The output folder (`--out`) cannot be written."""

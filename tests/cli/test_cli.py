@@ -8,14 +8,9 @@ writes nothing. Every invocation here also asserts that no Python traceback reac
 from __future__ import annotations
 
 import json
-import os
 import re
-import resource
 import shutil
-import subprocess
-import sys
 import tarfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +18,8 @@ import pytest
 import yaml
 from nauthera.engines.tools import find_tool
 from nauthera.errors import ToolNotFoundError
+
+from ..harness.cli import nauthera, write
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICIES = REPO / "examples" / "policies"
@@ -56,45 +53,6 @@ WARN_POLICY = POLICY_HEADER.format(name="warn") + "spec:\n  redirectUris:\n    a
 GOOD_POLICY = POLICY_HEADER.format(name="good") + "spec:\n  allowedGrantTypes: [authorization_code]\n"
 
 
-def _limit_stack() -> None:
-    """Pin the child's stack at the common 8 MiB default so a crash does not depend on `ulimit -s`."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    limit = 8 * 1024 * 1024
-    if hard == resource.RLIM_INFINITY or hard >= limit:
-        resource.setrlimit(resource.RLIMIT_STACK, (limit, hard))
-
-
-def nauthera(
-    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, default_stack: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run the real command line; never let a traceback pass unnoticed."""
-    environment = dict(os.environ)
-    environment.update(env or {})
-    completed = subprocess.run(
-        [sys.executable, "-m", "nauthera", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=environment,
-        check=False,
-        timeout=300,
-        preexec_fn=_limit_stack if default_stack else None,
-    )
-    assert "Traceback" not in completed.stderr, completed.stderr
-    assert "Traceback" not in completed.stdout, completed.stdout
-    return completed
-
-
-def write(root: Path, files: Mapping[str, str | bytes]) -> None:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-
-
 def manifest(bundle: Path) -> dict[str, Any]:
     with tarfile.open(bundle, "r:gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.lstrip("/") == ".manifest")
@@ -114,14 +72,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def bad_dir(tmp_path: Path) -> Path:
     write(tmp_path, {"policies/bad.yaml": BAD_POLICY})
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def example_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("examples") / "out"
-    completed = nauthera("compile", EXAMPLE_POLICIES, "--out", out, cwd=out.parent)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    return out / "bundle.tar.gz"
 
 
 # --- compile: success -------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import resource
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -251,11 +250,10 @@ def test_quoted_numeric_keys_are_strings() -> None:
 # --- hostile input ---------------------------------------------------------------------------------
 
 
-def test_billion_laughs_alias_bomb_is_refused_quickly() -> None:
-    started = time.monotonic()
+def test_billion_laughs_alias_bomb_is_refused_before_it_expands() -> None:
+    # Unbounded, the expansion would never finish; the diagnostic proves the loader stopped counting at
+    # its limit (timings are for `make bench`, not unit tests).
     result = load_text(BILLION_LAUGHS, FILE)
-    elapsed = time.monotonic() - started
-    assert elapsed < 5.0, f"alias bomb took {elapsed:.1f}s"
     assert result.documents == []
     assert len(result.diagnostics) == 1
     (diagnostic,) = result.diagnostics
@@ -310,9 +308,7 @@ def test_deep_block_mappings_are_too_large() -> None:
 
 
 def test_thousands_of_nesting_levels_finish_with_a_diagnostic() -> None:
-    started = time.monotonic()
     result = load_text(_nested_lists(5_000), FILE)
-    assert time.monotonic() - started < 5.0
     assert codes(result.diagnostics) == ["yaml-too-large"]
     assert result.documents == []
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,30 +38,99 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
+#: Exit statuses of a clean stop: the program handled SIGTERM and exited 0, or the signal's default
+#: action ended it (no handler, or one that re-raises it after a graceful shutdown, as uvicorn does).
+CLEAN_EXITS = (0, -signal.SIGTERM)
+
+
 class Process:
     """A child process whose output goes to a log file, stopped (and reaped) by `stop`."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.args = args
+    def __init__(self, args: Sequence[str | Path], log: Path, env: dict[str, str] | None = None) -> None:
+        self.args = [str(arg) for arg in args]
         self.log = log
+        self.env = env
         self.handle: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.args[0]).name
+
+    @property
+    def pid(self) -> int:
+        assert self.handle is not None, f"{self.name} was never started"
+        return self.handle.pid
 
     def start(self) -> Process:
         with self.log.open("ab") as output:
-            self.handle = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT)
+            self.handle = subprocess.Popen(
+                self.args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+            )
         return self
 
-    def stop(self) -> None:
-        if self.handle and self.handle.poll() is None:
-            self.handle.terminate()
-            try:
-                self.handle.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.handle.kill()
-                self.handle.wait()
+    def alive(self) -> bool:
+        return self.handle is not None and self.handle.poll() is None
+
+    def wait_ready(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+        """`wait_until`, failing at once (with the log tail) if the process exits while we wait."""
+
+        def ready() -> Any:
+            if not self.alive():
+                code = self.handle.returncode if self.handle else None
+                raise AssertionError(f"{self.name} exited with {code} before {what}:\n{self.tail()}")
+            return condition()
+
+        try:
+            return wait_until(ready, timeout, what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- {self.name} log tail ---\n{self.tail()}") from None
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, wait, and assert a clean exit within `timeout` seconds.
+
+        A process that ignores SIGTERM (or already died with an error) is a failure: it is reported as
+        one, and only then killed so that nothing outlives the test.
+        """
+        if self.handle is None:
+            return 0
+        if self.handle.poll() is not None:
+            code = self.handle.returncode
+            assert code in CLEAN_EXITS, f"{self.name} had already exited with {code}:\n{self.tail()}"
+            return code
+        started = time.monotonic()
+        self.handle.terminate()
+        try:
+            code = self.handle.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.handle.kill()
+            self.handle.wait()
+            raise AssertionError(
+                f"{self.name} (pid {self.handle.pid}) ignored SIGTERM for {timeout:.0f}s and was killed:\n"
+                f"{self.tail()}"
+            ) from None
+        seconds = time.monotonic() - started
+        assert code in CLEAN_EXITS, (
+            f"{self.name} exited with {code} on SIGTERM ({seconds:.1f}s):\n{self.tail()}"
+        )
+        return code
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def tail(self, lines: int = 30, width: int = 400) -> str:
+        """The last lines of the log, each cut to `width` characters (Go stack traces are long)."""
+        return "\n".join(line[:width] for line in self.output().splitlines()[-lines:])
+
+
+def stop_all(processes: Sequence[Process]) -> None:
+    """Stop every process in order, even when one fails to stop cleanly; then report all failures."""
+    failures = []
+    for process in processes:
+        try:
+            process.stop()
+        except AssertionError as error:
+            failures.append(str(error))
+    assert not failures, "\n\n".join(failures)
 
 
 def nauthera(*args: str | Path, log: Path) -> Process:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -274,10 +275,20 @@ def test_status_and_log_intake_reject_garbage(fleet: Fleet) -> None:
     assert response.status_code == 400
 
 
+def _held_long_polls(server: str) -> float:
+    metrics = requests.get(f"{server}/metrics", timeout=2).text
+    match = re.search(r"^nauthera_long_poll_waiters (\S+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_restarting_the_sidecar_recovers(fleet: Fleet) -> None:
     fleet.set_policy(ALLOWING, allowed=True)
     before = fleet.revision()
-    fleet.sidecar.stop()
+    wait_until(lambda: _held_long_polls(fleet.server) >= 1, 30, "OPA's long poll to be held")
+    started = time.monotonic()
+    fleet.sidecar.stop()  # asserts a clean exit on SIGTERM
+    # The held long poll (10 s here; 60 s in deploy/) is answered at SIGTERM, not waited for.
+    assert time.monotonic() - started < 5, "shutdown waited for a held long poll"
     assert fleet.allowed() is True, "OPA keeps enforcing its bundle while the sidecar is down"
     fleet.sidecar = _start_sidecar(fleet.work, fleet.policies, fleet.store, fleet.port)
     assert fleet.revision() == before, "an unchanged source recompiles to the same revision"

@@ -13,20 +13,11 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from nauthera.cli import main
-from nauthera.targets.base import CompileOptions
 from nauthera.targets.opa.bundle import MANIFEST, read_bundle, write_tarball
-from nauthera.targets.outputs import compile_policies
 
 from ..conftest import EXAMPLES
 
 Invoke = Callable[..., Result]
-
-
-def compile_to(policies: Path, out: Path) -> Path:
-    """Compile a policy folder with the real pipeline; the bundle path."""
-    result = compile_policies(CompileOptions(paths=[policies], out=out))
-    assert result.ok and result.bundle is not None, result.diagnostics
-    return result.bundle
 
 
 def with_revision(
@@ -51,12 +42,6 @@ def edited_policies(tmp: Path, edits: Mapping[str, Callable[[str], str]]) -> Pat
         path = folder / name
         path.write_text(edit(path.read_text()))
     return folder
-
-
-@pytest.fixture(scope="session")
-def example_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/policies compiled once; tests copy it, never change it."""
-    return compile_to(EXAMPLES / "policies", tmp_path_factory.mktemp("examples"))
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from nauthera.store.impact import impact
 from nauthera.targets.base import CompileOptions
 from nauthera.targets.outputs import compile_policies
 
-from ..conftest import EXAMPLES
-from .conftest import Invoke, compile_to, edited_policies
+from ..conftest import EXAMPLES, compile_to
+from .conftest import Invoke, edited_policies
 
 CLIENTS = EXAMPLES / "clients"
 

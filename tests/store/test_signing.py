@@ -272,7 +272,9 @@ def test_whitespace_in_data_json_is_not_a_change(example_bundle: Path, keys: Key
     """OPA hashes data.json canonically, so reformatting it keeps the signature valid (and so do we)."""
     signed = _signed_copy(example_bundle, tmp_path, keys.rsa_private, "RS256", None)
     files = read_bundle(signed)
-    files["nauthera_data/data.json"] = json.dumps(json.loads(files["nauthera_data/data.json"]), indent=3).encode()
+    files["nauthera_data/data.json"] = json.dumps(
+        json.loads(files["nauthera_data/data.json"]), indent=3
+    ).encode()
     write_tarball(files, tmp_path / "reformatted.tar.gz")
     assert (
         _opa_repl(tmp_path / "reformatted.tar.gz", "--verification-key", str(keys.rsa_public)).returncode == 0

@@ -18,8 +18,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from nauthera.errors import InputError, NotABundleError
 from nauthera.store.folder import BundleStore, RevisionInfo, StoreError
-from nauthera.targets.opa.bundle import read_bundle, write_tarball
+from nauthera.targets.opa.bundle import RevisionError, read_bundle, write_tarball
 from nauthera.targets.opa.signing import sign_bundle
 
 from .conftest import Invoke, Keys, with_revision
@@ -192,21 +193,21 @@ def test_unsafe_revision_and_channel_names_are_refused(
     example_bundle: Path, tmp_path: Path, bad: str
 ) -> None:
     store = BundleStore(tmp_path / "store")
-    with pytest.raises(StoreError):
+    with pytest.raises((StoreError, RevisionError)):
         store.publish(with_revision(example_bundle, bad or "-", tmp_path / "bad.tar.gz"))
     with pytest.raises(StoreError):
         store.publish(example_bundle, bad)
-    with pytest.raises(StoreError):
+    with pytest.raises((StoreError, RevisionError)):
         store.bundle_path(bad)
     assert not (tmp_path / "escape").exists()
 
 
-def test_not_a_bundle_is_a_store_error(tmp_path: Path) -> None:
+def test_not_a_bundle_is_an_input_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not gzip")
-    with pytest.raises(StoreError, match="not a bundle"):
+    with pytest.raises(NotABundleError, match="not a Nauthera bundle"):
         BundleStore(tmp_path / "store").publish(junk)
-    with pytest.raises(StoreError, match="cannot read"):
+    with pytest.raises(InputError, match="no such bundle"):
         BundleStore(tmp_path / "store").publish(tmp_path / "missing.tar.gz")
 
 

@@ -1,36 +1,67 @@
-"""What every command shares: exit codes and the one way a program error reaches the user."""
+"""What every command shares: exit codes, the store option, and how a program error reaches the user."""
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
 
 import click
+from click.decorators import FC
 
 from nauthera.errors import NautheraError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+DEFAULT_STORE = Path("bundles")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: `--store DIR` (env NAUTHERA_STORE) for every command that reads or writes the bundle store.
+store_option = click.option(
+    "--store",
+    "store",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_STORE,
+    envvar="NAUTHERA_STORE",
+    show_default=True,
+    help="Bundle store folder (env NAUTHERA_STORE).",
+)
 
-def fail(error: NautheraError | str) -> NoReturn:
+
+def format_option(
+    formats: Sequence[str], help: str = "text for people, json for scripts."
+) -> Callable[[FC], FC]:
+    """`--format` with a fixed set of values (an unknown one is a usage error, never a fallback)."""
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(formats),
+        default="text",
+        show_default=True,
+        help=help,
+    )
+
+
+def fail(error: NautheraError | OSError | str) -> NoReturn:
     """`nauthera: error: ...` on stderr and exit code 2."""
+    if isinstance(error, OSError) and error.filename is not None:
+        error = f"{error.filename}: {error.strerror or error}"
     click.echo(f"nauthera: error: {error}", err=True)
     sys.exit(EXIT_USAGE)
 
 
 def errors_exit_2(command: Callable[P, R]) -> Callable[P, R]:
-    """Every NautheraError a command raises becomes `nauthera: error: ...` and exit code 2."""
+    """Every NautheraError a command raises, and every I/O error the environment causes (a path too long,
+    a folder where a file belongs, a full disk), becomes `nauthera: error: ...` and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except NautheraError as error:
+        except (NautheraError, OSError) as error:
             fail(error)
 
     return wrapper

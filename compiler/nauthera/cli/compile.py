@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, fail
+from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2, format_option
 from nauthera.cli.reporting import (
     CHECK_FORMATS,
     DIAGNOSTIC_FORMATS,
@@ -26,8 +26,8 @@ from nauthera.compile.analysis import count_files
 from nauthera.compile.diagnostics import Diagnostic, Level
 from nauthera.engines.check import check_clients
 from nauthera.engines.testing import has_gatekeeper_suites, run_gator_verify, run_opa_tests
-from nauthera.errors import NautheraError
 from nauthera.targets.base import CompileOptions
+from nauthera.targets.opa.bundle import RevisionError, check_revision_id
 from nauthera.targets.opa.signing import ALGORITHMS, read_key
 from nauthera.targets.outputs import TARGETS, CompileResult, compile_policies
 
@@ -52,6 +52,14 @@ def _file_progress(paths: list[Path], label: str) -> Iterator[Callable[[Path], N
 def _compile(paths: list[Path], out: Path, **options: Any) -> CompileResult:
     with _file_progress(paths, "compiling") as on_file:
         return compile_policies(CompileOptions(paths=paths, out=out, **options), on_file)
+
+
+def _valid_revision(_ctx: click.Context, _param: click.Parameter, revision: str | None) -> str | None:
+    """The store's rule, before any work: a revision `bundle publish` would refuse is a usage error."""
+    try:
+        return None if revision is None else check_revision_id(revision)
+    except RevisionError as error:
+        raise click.BadParameter(str(error)) from error
 
 
 def _summary(result: CompileResult, diagnostics: list[Diagnostic]) -> tuple[dict[str, Any], str]:
@@ -95,19 +103,30 @@ def _summary(result: CompileResult, diagnostics: list[Diagnostic]) -> tuple[dict
     show_default=True,
     help="opa: bundle.tar.gz; gatekeeper: ConstraintTemplates and Constraints in gatekeeper/; all: both.",
 )
-@click.option(
-    "--format", "output_format", type=click.Choice(DIAGNOSTIC_FORMATS), default="text", show_default=True
+@format_option(
+    DIAGNOSTIC_FORMATS, "Diagnostics as text, json, sarif (SARIF 2.1.0 for code scanning) or github."
 )
-@click.option("--revision", help="Bundle revision; default: derived from the content.")
+@click.option(
+    "--revision",
+    callback=_valid_revision,
+    help="Bundle revision (letters, digits, '.', '_', '+', '-'); default: derived from the content.",
+)
 @click.option(
     "--signing-key",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Sign the bundle: PEM private key (RS/PS/ES) or a file holding the HMAC secret (HS).",
 )
-@click.option("--signing-alg", type=click.Choice(ALGORITHMS), default="RS256", show_default=True)
+@click.option(
+    "--signing-alg",
+    type=click.Choice(ALGORITHMS),
+    default="RS256",
+    show_default=True,
+    help="JWT algorithm of the signature (HS256 takes a shared secret).",
+)
 @click.option("--signing-key-id", help="Key id in the signature (default: `default`, as opa build).")
 @click.option("--default-allow", is_flag=True, help="Allow clients that no policy governs (default: deny).")
 @click.option("--fail-on-warn", is_flag=True, help="Treat warnings as errors (exit 1, nothing written).")
+@errors_exit_2
 def compile_command(
     paths: tuple[Path, ...],
     out: Path,
@@ -121,37 +140,36 @@ def compile_command(
     fail_on_warn: bool,
 ) -> None:
     """Compile AuthPolicy files under PATHS into an OPA bundle and/or Gatekeeper objects in --out."""
-    try:
-        result = _compile(
-            list(paths),
-            out,
-            revision=revision,
-            fail_closed=not default_allow,
-            fail_on_warn=fail_on_warn,
-            target=target,
-            signing_key=read_key(signing_key) if signing_key else None,
-            signing_alg=signing_alg,
-            signing_key_id=signing_key_id,
-        )
-    except NautheraError as error:
-        fail(error)
+    result = _compile(
+        list(paths),
+        out,
+        revision=revision,
+        fail_closed=not default_allow,
+        fail_on_warn=fail_on_warn,
+        target=target,
+        signing_key=read_key(signing_key) if signing_key else None,
+        signing_alg=signing_alg,
+        signing_key_id=signing_key_id,
+    )
     summary, line = _summary(result, result.diagnostics)
     click.echo(render_diagnostics(output_format, result.diagnostics, summary, line), nl=False)
     sys.exit(EXIT_OK if result.ok else EXIT_FINDINGS)
 
 
 @click.command("check")
-@click.option("--bundle", "bundle", required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "--format", "output_format", type=click.Choice(CHECK_FORMATS), default="text", show_default=True
+    "--bundle",
+    "bundle",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The bundle.tar.gz that `nauthera compile` wrote.",
 )
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@format_option(CHECK_FORMATS, "text for people, json for scripts (SPEC decision documents).")
+@errors_exit_2
 def check_command(bundle: Path, paths: tuple[Path, ...], output_format: str) -> None:
     """Evaluate the AuthClients under PATHS against --bundle with the real OPA engine."""
-    try:
-        results, notes = check_clients(bundle, list(paths))
-    except NautheraError as error:
-        fail(error)
+    results, notes = check_clients(bundle, list(paths))
     for note in notes:
         click.echo(f"{note.position}: {note.level}: {note.message} [{note.code}]", err=True)
     click.echo(check_json(results) if output_format == "json" else check_text(results), nl=False)
@@ -182,6 +200,7 @@ def check_command(bundle: Path, paths: tuple[Path, ...], output_format: str) -> 
     help="What to compile and test: opa (opa test), gatekeeper (gator verify), or all.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="List every test.")
+@errors_exit_2
 def test_command(
     paths: tuple[Path, ...],
     out: Path | None,
@@ -193,16 +212,13 @@ def test_command(
     """Compile PATHS, then run the Rego tests (`opa test`) and the Gatekeeper suites (`gator verify`)."""
     with tempfile.TemporaryDirectory(prefix="nauthera-test-") as scratch:
         folder = out or Path(scratch) / "build"
-        try:
-            result = _compile(list(paths), folder, fail_closed=not default_allow, target=target)
-            if not result.ok:
-                summary, line = _summary(result, result.diagnostics)
-                click.echo(render_diagnostics("text", result.diagnostics, summary, line), nl=False)
-                sys.exit(EXIT_FINDINGS)
-            run = run_opa_tests(folder, list(paths), verbose) if result.bundle else None
-            suites = run_gator_verify(folder, verbose) if has_gatekeeper_suites(folder) else None
-        except NautheraError as error:
-            fail(error)
+        result = _compile(list(paths), folder, fail_closed=not default_allow, target=target)
+        if not result.ok:
+            summary, line = _summary(result, result.diagnostics)
+            click.echo(render_diagnostics("text", result.diagnostics, summary, line), nl=False)
+            sys.exit(EXIT_FINDINGS)
+        run = run_opa_tests(folder, list(paths), verbose) if result.bundle else None
+        suites = run_gator_verify(folder, verbose) if has_gatekeeper_suites(folder) else None
     passed = True
     if run is not None:
         click.echo(run.output)

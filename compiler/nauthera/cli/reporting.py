@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from nauthera import __version__
-from nauthera.compile.diagnostics import Diagnostic, Level
+from nauthera.compile.diagnostics import Diagnostic, Level, describe
 from nauthera.engines.check import ClientResult
 
 DIAGNOSTIC_FORMATS = ("text", "json", "sarif", "github")
 CHECK_FORMATS = ("text", "json")
 _SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+#: Relative paths in SARIF are relative to where the compile ran (the checkout root in CI).
+_SRCROOT = "%SRCROOT%"
 
 
 def _diagnostic_json(d: Diagnostic) -> dict[str, Any]:
@@ -36,6 +41,20 @@ def diagnostics_json(diagnostics: Sequence[Diagnostic], summary: dict[str, Any])
     return json.dumps(document, indent=2) + "\n"
 
 
+def _artifact_location(file: str) -> dict[str, str]:
+    """A percent-encoded URI: `file://` for absolute paths, else relative to %SRCROOT% (the run's folder)."""
+    path = Path(file)
+    if path.is_absolute():
+        return {"uri": path.as_uri()}
+    return {"uri": quote(os.fsencode(path.as_posix()), safe="/"), "uriBaseId": _SRCROOT}
+
+
+def _rule(code: str) -> dict[str, Any]:
+    """SARIF wants a stable `id` and a readable, different `name`: `unknown-field` is UnknownField."""
+    name, description = describe(code)
+    return {"id": code, "name": name, "shortDescription": {"text": description}}
+
+
 def diagnostics_sarif(diagnostics: Sequence[Diagnostic], summary: dict[str, Any]) -> str:
     """SARIF 2.1.0, as code-scanning UIs ingest it; notes stay notes."""
     codes = sorted({d.code for d in diagnostics})
@@ -45,9 +64,10 @@ def diagnostics_sarif(diagnostics: Sequence[Diagnostic], summary: dict[str, Any]
                 "name": "nauthera",
                 "version": __version__,
                 "informationUri": "https://nauthera.io",
-                "rules": [{"id": code, "name": code, "shortDescription": {"text": code}} for code in codes],
+                "rules": [_rule(code) for code in codes],
             }
         },
+        "originalUriBaseIds": {_SRCROOT: {"uri": Path.cwd().as_uri() + "/"}},
         "invocations": [{"executionSuccessful": bool(summary["ok"])}],
         "results": [
             {
@@ -58,7 +78,7 @@ def diagnostics_sarif(diagnostics: Sequence[Diagnostic], summary: dict[str, Any]
                 "locations": [
                     {
                         "physicalLocation": {
-                            "artifactLocation": {"uri": d.position.file},
+                            "artifactLocation": _artifact_location(d.position.file),
                             "region": {"startLine": d.position.line, "startColumn": d.position.column},
                         }
                     }

@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from nauthera.cli.common import fail
+from nauthera.cli.common import errors_exit_2, format_option, store_option
 from nauthera.compile.durations import DurationError, parse_duration_ns
 from nauthera.errors import NautheraError
-from nauthera.serve.server import ServerConfig, ServerState, parse_listen, read_token, run, serve
+from nauthera.serve.server import ServerConfig, ServerState, create_app, parse_listen, read_token, run, serve
 from nauthera.serve.sidecar import Sidecar
 from nauthera.store.folder import BundleStore
 
@@ -39,24 +41,27 @@ def _seconds(text: str, option: str) -> float:
         raise click.BadParameter(f"{text!r} {error}", param_hint=option) from error
 
 
-def server_options(command: Any) -> Any:
-    """Options shared by `serve` and `sidecar`."""
+def server_options(channel_help: str) -> Callable[[Any], Any]:
+    """Options shared by `serve` and `sidecar`; `--channel` means a little more for the sidecar."""
     options = [
-        click.option("--store", "store_dir", required=True, type=click.Path(path_type=Path, file_okay=False)),
+        store_option,
         click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to bind."),
         click.option(
             "--token-file",
             type=click.Path(path_type=Path, dir_okay=False),
             help="Require `Authorization: Bearer <token>` with the token in this file.",
         ),
-        click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True)),
-        click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True)),
         click.option(
-            "--channel",
-            default="stable",
-            show_default=True,
-            help="Channel for agents whose bundle name is not a channel.",
+            "--tls-cert",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
         ),
+        click.option(
+            "--tls-key",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="PEM private key of --tls-cert.",
+        ),
+        click.option("--channel", default="stable", show_default=True, help=channel_help),
         click.option(
             "--stale-after",
             default="30s",
@@ -64,33 +69,52 @@ def server_options(command: Any) -> Any:
             help="An agent not on its channel's revision this long after a publish is stale.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _tls_pair(tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Load the pair once before serving, so a wrong file is a clear error rather than a failed start."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+        except (ssl.SSLError, ValueError) as error:
+            raise NautheraError(
+                f"{tls_cert}, {tls_key}: not a PEM certificate and matching private key ({error})"
+            ) from error
 
 
 def _state(
-    store_dir: Path,
+    store: Path,
     token_file: Path | None,
     channel: str,
     stale_after: str,
     tls_cert: Path | None,
     tls_key: Path | None,
 ) -> ServerState:
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
+    _tls_pair(tls_cert, tls_key)
     config = ServerConfig(
         default_channel=channel,
         token=read_token(token_file),
         stale_after=_seconds(stale_after, "--stale-after"),
     )
-    return ServerState(BundleStore(store_dir), config)
+    bundle_store = BundleStore(store)
+    bundle_store.channels()  # a store that cannot be read is an error now, not in the server's start-up
+    return ServerState(bundle_store, config)
 
 
 @click.command("serve")
-@server_options
+@server_options("Channel of agents whose bundle name is not a channel (nor labelled nauthera.io/channel).")
+@errors_exit_2
 def serve_command(
-    store_dir: Path,
+    store: Path,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -100,12 +124,9 @@ def serve_command(
 ) -> None:
     """Serve the store's channels to OPA (bundle API with long polling), take status and decision logs."""
     _logging()
-    try:
-        state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
-        host, port = parse_listen(listen)
-        run(serve(state, host, port, tls_cert, tls_key))
-    except NautheraError as error:
-        fail(error)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key)
+    host, port = parse_listen(listen)
+    run(serve(create_app(state), host, port, tls_cert, tls_key))
 
 
 @click.command("sidecar")
@@ -117,15 +138,23 @@ def serve_command(
     type=click.Path(path_type=Path, exists=True),
     help="Policy folder or Git checkout to compile and watch (repeatable).",
 )
-@server_options
+@server_options(
+    "Channel each good compile is published to and served on; also the channel of agents whose bundle "
+    "name is not a channel."
+)
 @click.option(
     "--push-to", help="Also load policy and data into this OPA's REST API (e.g. http://127.0.0.1:8181)."
 )
-@click.option("--push-token-file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--push-token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Bearer token for --push-to, read from this file.",
+)
 @click.option("--debounce", default="200ms", show_default=True, help="Quiet time before recompiling.")
+@errors_exit_2
 def sidecar_command(
     sources: tuple[Path, ...],
-    store_dir: Path,
+    store: Path,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -138,16 +167,13 @@ def sidecar_command(
 ) -> None:
     """Compile SOURCE at start and on every change, publish good compiles to --channel, serve them."""
     _logging()
-    try:
-        state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
-        pusher = _pusher(push_to, read_token(push_token_file)) if push_to else None
-        sidecar = Sidecar(list(sources), state, channel, _seconds(debounce, "--debounce"))
-        state.readiness = sidecar.readiness
-        host, port = parse_listen(listen)
-        sidecar.compile_and_publish()
-        run(_run_sidecar(sidecar, pusher, state, host, port, tls_cert, tls_key))
-    except NautheraError as error:
-        fail(error)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key)
+    pusher = _pusher(push_to, read_token(push_token_file)) if push_to else None
+    sidecar = Sidecar(list(sources), state, channel, _seconds(debounce, "--debounce"))
+    state.readiness = sidecar.readiness
+    host, port = parse_listen(listen)
+    sidecar.compile_and_publish()
+    run(_run_sidecar(sidecar, pusher, state, host, port, tls_cert, tls_key))
 
 
 def _pusher(url: str, token: str | None) -> OpaPusher:
@@ -170,7 +196,7 @@ async def _run_sidecar(
     if pusher is not None:
         tasks.append(asyncio.create_task(pusher.keep_loaded(state.store, sidecar.channel)))
     try:
-        await serve(state, host, port, tls_cert, tls_key)
+        await serve(create_app(state), host, port, tls_cert, tls_key)
     finally:
         for task in tasks:
             task.cancel()
@@ -179,37 +205,46 @@ async def _run_sidecar(
                 await task
 
 
-def _get(server: str, path: str, token_file: Path | None, params: dict[str, str] | None = None) -> Any:
+def _get(
+    server: str, path: str, token_file: Path | None, key: str, params: dict[str, str] | None = None
+) -> Any:
+    """`key` of the JSON a Nauthera server answers on `path`; anything else is an error naming the URL."""
     # Imported here: only these client commands use it, and the servers stay 8 MB lighter.
     import requests  # noqa: PLC0415
 
     token = read_token(token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{server.rstrip('/')}{path}"
     try:
-        response = requests.get(f"{server.rstrip('/')}{path}", headers=headers, params=params, timeout=10)
-    except requests.RequestException as error:
-        fail(f"cannot reach {server}: {error}")
+        response = requests.get(url, headers=headers, params=params, timeout=10)
+    except (requests.RequestException, ValueError) as error:
+        raise NautheraError(f"cannot reach {server}: {error}") from error
     if response.status_code != 200:
-        fail(f"{server}{path} answered {response.status_code}: {response.text.strip()}")
-    return response.json()
+        raise NautheraError(f"{url} answered {response.status_code}: {response.text.strip()[:500]}")
+    try:
+        return response.json()[key]
+    except (ValueError, KeyError, TypeError) as error:
+        raise NautheraError(f"{url} is not a Nauthera server: its answer has no {key!r}") from error
 
 
 def client_options(command: Any) -> Any:
+    command = format_option(("text", "json"))(command)
     command = click.option(
-        "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
+        "--token-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Send `Authorization: Bearer <token>` with the token in this file (the server's --token-file).",
     )(command)
-    command = click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False))(command)
-    return click.option("--server", default=DEFAULT_SERVER, show_default=True)(command)
+    return click.option(
+        "--server", default=DEFAULT_SERVER, show_default=True, help="URL of `nauthera serve` or `sidecar`."
+    )(command)
 
 
 @click.command("agents")
 @client_options
+@errors_exit_2
 def agents_command(server: str, token_file: Path | None, output_format: str) -> None:
     """List the OPA agents that report to a Nauthera server, with their revisions. Exit 1 if any is stale."""
-    try:
-        agents = _get(server, "/v1/agents", token_file)["agents"]
-    except NautheraError as error:
-        fail(error)
+    agents = _get(server, "/v1/agents", token_file, "agents")
     if output_format == "json":
         click.echo(json.dumps({"agents": agents}, indent=2))
     else:
@@ -230,13 +265,11 @@ def agents_command(server: str, token_file: Path | None, output_format: str) -> 
 @click.command("decisions")
 @client_options
 @click.option("--since", help="Only decisions this recent (a Go duration, e.g. 15m or 24h).")
+@errors_exit_2
 def decisions_command(server: str, token_file: Path | None, output_format: str, since: str | None) -> None:
     """Summarise denied decisions from OPA decision logs by policy, field and client."""
     params = {"since": str(_seconds(since, "--since"))} if since else None
-    try:
-        denied = _get(server, "/v1/decisions", token_file, params)["denied"]
-    except NautheraError as error:
-        fail(error)
+    denied = _get(server, "/v1/decisions", token_file, "denied", params)
     if output_format == "json":
         click.echo(json.dumps({"denied": denied}, indent=2))
         return

@@ -9,32 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2
+from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2, format_option, store_option
 from nauthera.store.diff import diff_bundles, diff_text
 from nauthera.store.folder import BundleStore, RevisionInfo
 from nauthera.store.impact import NEWLY_DENIED, impact, impact_text
 from nauthera.targets.opa.signing import ALGORITHMS, read_key, verify_bundle
 
 FORMATS = ("text", "json")
-DEFAULT_STORE = Path("bundles")
-
-
-_store_option = click.option(
-    "--store",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_STORE,
-    envvar="NAUTHERA_STORE",
-    show_default=True,
-    help="Bundle store folder (env NAUTHERA_STORE).",
-)
-_format_option = click.option(
-    "--format", "output_format", type=click.Choice(FORMATS), default="text", show_default=True
-)
+_format_option = format_option(FORMATS)
 
 
 def _emit(output_format: str, document: Any, text: str) -> None:
@@ -88,6 +76,23 @@ def _info_text(info: RevisionInfo, channels: list[str], *, policies: bool) -> st
     return "\n".join(lines) + "\n"
 
 
+#: `bundle list` columns.
+LIST_COLUMNS = ("REVISION", "CREATED", "CHANNELS", "POLICIES", "COMMIT", "MESSAGE")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numbers: Collection[str] = ()) -> str:
+    """Columns as wide as their widest cell, two spaces apart; `numbers` right-aligned, the last one free."""
+    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers) - 1)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [
+            cell.rjust(width) if header in numbers else cell.ljust(width)
+            for cell, width, header in zip(row, widths, headers, strict=False)
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 @click.group("bundle")
 def bundle() -> None:
     """The versioned bundle store: publish, inspect, compare, promote, roll back, verify, clean up."""
@@ -95,7 +100,7 @@ def bundle() -> None:
 
 @bundle.command("publish")
 @click.argument("bundle_file", metavar="BUNDLE", type=click.Path(path_type=Path, dir_okay=False))
-@_store_option
+@store_option
 @click.option("--channel", default="stable", show_default=True, help="Channel to point at the revision.")
 @click.option("--no-channel", is_flag=True, help="Only record the revision; move no channel.")
 @click.option("-m", "--message", help="Why (default: the Git commit's subject, when known).")
@@ -120,7 +125,7 @@ def publish(
 
 
 @bundle.command("list")
-@_store_option
+@store_option
 @_format_option
 @errors_exit_2
 def list_revisions(store: Path, output_format: str) -> None:
@@ -132,20 +137,27 @@ def list_revisions(store: Path, output_format: str) -> None:
         "channels": bundle_store.channels(),
         "revisions": [_info_json(i, by_revision.get(i.revision, [])) for i in revisions],
     }
-    header = f"{'REVISION':<26} {'CREATED':<20} {'CHANNELS':<16} {'POLICIES':>8}  {'COMMIT':<8}  MESSAGE"
-    lines = [header] if revisions else [f"no revisions in {store}"]
-    for info in revisions:
-        channels = ",".join(by_revision.get(info.revision, [])) or "-"
-        lines.append(
-            f"{info.revision:<26} {info.created[:19]:<20} {channels:<16} {len(info.policies):>8}  "
-            f"{(info.git_commit or '-')[:8]:<8}  {info.message or ''}".rstrip()
+    rows = [
+        (
+            info.revision,
+            info.created[:19],
+            ",".join(by_revision.get(info.revision, [])) or "-",
+            str(len(info.policies)),
+            (info.git_commit or "-")[:8],
+            info.message or "",
         )
-    _emit(output_format, document, "\n".join(lines) + "\n")
+        for info in revisions
+    ]
+    _emit(
+        output_format,
+        document,
+        _table(LIST_COLUMNS, rows, {"POLICIES"}) if rows else f"no revisions in {store}\n",
+    )
 
 
 @bundle.command("show")
 @click.argument("ref", metavar="REVISION|CHANNEL")
-@_store_option
+@store_option
 @_format_option
 @errors_exit_2
 def show(ref: str, store: Path, output_format: str) -> None:
@@ -160,7 +172,7 @@ def show(ref: str, store: Path, output_format: str) -> None:
 @bundle.command("diff")
 @click.argument("ref_a", metavar="REV_A")
 @click.argument("ref_b", metavar="REV_B")
-@_store_option
+@store_option
 @_format_option
 @click.option("--exit-code", is_flag=True, help="Exit 1 when the policies differ.")
 @errors_exit_2
@@ -176,7 +188,7 @@ def diff(ref_a: str, ref_b: str, store: Path, output_format: str, exit_code: boo
 @bundle.command("promote")
 @click.argument("ref", metavar="REVISION|CHANNEL")
 @click.option("--channel", required=True, help="Channel to move (created when new).")
-@_store_option
+@store_option
 @_format_option
 @errors_exit_2
 def promote(ref: str, channel: str, store: Path, output_format: str) -> None:
@@ -191,7 +203,7 @@ def promote(ref: str, channel: str, store: Path, output_format: str) -> None:
 
 @bundle.command("rollback")
 @click.option("--channel", required=True, help="Channel to move back to its previous revision.")
-@_store_option
+@store_option
 @_format_option
 @errors_exit_2
 def rollback(channel: str, store: Path, output_format: str) -> None:
@@ -224,7 +236,7 @@ def rollback(channel: str, store: Path, output_format: str) -> None:
 )
 @click.option("--scope", default="", help="Scope the signature must carry (OPA's signing.scope).")
 @click.option("--exclude-files-verify", "exclude", multiple=True, help="Glob of files not to verify.")
-@_store_option
+@store_option
 @_format_option
 @errors_exit_2
 def verify(
@@ -260,7 +272,7 @@ def verify(
 @bundle.command("gc")
 @click.option("--keep", required=True, type=click.IntRange(min=0), help="How many newest revisions to keep.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
-@_store_option
+@store_option
 @_format_option
 @errors_exit_2
 def gc(keep: int, dry_run: bool, store: Path, output_format: str) -> None:
@@ -274,7 +286,7 @@ def gc(keep: int, dry_run: bool, store: Path, output_format: str) -> None:
 
 
 @click.command("impact")
-@_store_option
+@store_option
 @click.option("--from", "from_ref", required=True, help="Revision, channel or bundle file now in force.")
 @click.option("--to", "to_ref", required=True, help="Revision, channel or bundle file to roll out.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))

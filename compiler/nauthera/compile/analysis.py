@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from nauthera.compile.diagnostics import Diagnostic, Level, Position, sorted_diagnostics
-from nauthera.compile.loading import decode, load_text
+from nauthera.compile.diagnostics import Diagnostic, Level, Position, has_errors, sorted_diagnostics
+from nauthera.compile.loading import decode_utf8, load_text
 from nauthera.compile.model import Policy, build_policy
 from nauthera.compile.sources import Source, folder_sources
 from nauthera.compile.validation import (
@@ -71,7 +71,7 @@ def content_digest(content: bytes) -> bytes:
 
 def analyse_source(name: str, content: bytes) -> FileAnalysis[Policy]:
     """Everything about one source, from its bytes alone."""
-    text = decode(content, name)
+    text = decode_utf8(content, name)
     if isinstance(text, Diagnostic):
         return FileAnalysis((), (text,), ())
     loaded = load_text(text, name)
@@ -186,6 +186,18 @@ def merge(
     return [item for item in items if item.position not in repeats], sorted_diagnostics(diagnostics)
 
 
+def _no_policies(paths: Sequence[Path], files: int) -> Diagnostic:
+    """An input without a single policy makes a bundle that decides every client as ungoverned: almost
+    always a wrong path, so it is said rather than compiled in silence."""
+    return Diagnostic(
+        Level.WARNING,
+        Position(str(paths[0]), 1, 1),
+        "no-policies",
+        f"no AuthPolicy found in {', '.join(map(str, paths))} ({files} YAML file{'s' * (files != 1)} read); "
+        "every client is ungoverned (denied unless --default-allow): check the path",
+    )
+
+
 def analyse(
     paths: Sequence[Path],
     on_file: Callable[[Path], None] | None = None,
@@ -198,6 +210,10 @@ def analyse(
         if on_file is not None and source.path is not None:
             on_file(source.path)
 
+    sources = folder_sources(paths)
     with collector_paused():
-        analysed = analyse_sources(folder_sources(paths), transform, on_source)
-        return merge((a.policies, a.diagnostics, a.identities) for _, _, a in analysed)
+        analysed = analyse_sources(sources, transform, on_source)
+        items, diagnostics = merge((a.policies, a.diagnostics, a.identities) for _, _, a in analysed)
+    if not items and not has_errors(diagnostics):
+        diagnostics = sorted_diagnostics([*diagnostics, _no_policies(paths, len(sources))])
+    return items, diagnostics

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class SourceDocument:
     content: Any
     value_places: Mapping[JsonPath, Place] = field(repr=False)
     key_places: Mapping[JsonPath, Place] = field(repr=False)
+    #: What made this document unreadable as written (a duplicate key, a value that cannot be read):
+    #: its content is not what the author meant, so it must never be allowed or compiled.
+    errors: tuple[Diagnostic, ...] = field(default=(), repr=False)
 
     @property
     def start(self) -> Position:
@@ -194,7 +198,7 @@ class LoadResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
-def decode(data: bytes, file: str) -> str | Diagnostic:
+def decode_utf8(data: bytes, file: str) -> str | Diagnostic:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -225,6 +229,8 @@ def nesting_bound(text: str) -> int:
         if not flow and not any(bracket in stripped for bracket in "[{"):
             deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators)
             continue
+        base = len(line) - len(line.lstrip(" ")) + indicators
+        deepest = max(deepest, base + flow)
         for char in stripped:
             if quote:
                 quote = "" if char == quote else quote
@@ -232,11 +238,11 @@ def nesting_bound(text: str) -> int:
                 quote = char
             elif char in "[{":
                 flow += 1
+                deepest = max(deepest, base + flow)  # `[[[…]]]` on one line nests as deep as it opens
             elif char in "]}":
                 flow = max(flow - 1, 0)
             elif char == "#":
                 break
-        deepest = max(deepest, len(line) - len(line.lstrip(" ")) + indicators + flow)
     return deepest
 
 
@@ -301,7 +307,8 @@ def load_text(text: str, file: str) -> LoadResult:
             index += 1
             continue
         result.diagnostics.extend(builder.diagnostics)
-        result.documents.append(SourceDocument(file, index, content, builder.values, builder.keys))
+        errors = tuple(builder.diagnostics)
+        result.documents.append(SourceDocument(file, index, content, builder.values, builder.keys, errors))
         index += 1
     return result
 
@@ -313,7 +320,7 @@ def load_file(path: Path, display: str | None = None) -> LoadResult:
         data = path.read_bytes()
     except OSError as error:
         raise InputError(f"{file}: cannot read: {error.strerror or error}") from error
-    text = decode(data, file)
+    text = decode_utf8(data, file)
     if isinstance(text, Diagnostic):
         return LoadResult(diagnostics=[text])
     return load_text(text, file)
@@ -324,53 +331,77 @@ def _is_yaml_name(name: str) -> bool:
     return name.endswith(YAML_SUFFIXES) and name.rfind(".") > 0
 
 
-def _yaml_files(folder: Path) -> list[tuple[tuple[str, ...], str, str]]:
-    """(relative parts, path, resolved path) of every YAML file under `folder`, sorted as paths sort.
+def _is_folder(root: Path) -> bool:
+    """Whether a PATH from the command line is a folder; a missing or unreachable one is an I/O error."""
+    try:
+        return stat.S_ISDIR(root.stat().st_mode)
+    except FileNotFoundError:
+        raise InputError(f"{root}: no such file or directory") from None
+    except OSError as error:
+        raise InputError(f"{root}: cannot read: {error.strerror or error}") from error
 
-    Like `rglob`, symlinked folders are not entered (so there are no cycles) and symlinked files are.
-    Every folder walked is then a real folder under the resolved root, so only symlinked files need
-    `realpath`, which costs a system call per path component.
+
+def _yaml_files(folder: Path, unreadable: list[str]) -> list[tuple[tuple[str, ...], str, str]]:
+    """(relative parts, path, real path) of every YAML file under `folder`, sorted as paths sort.
+
+    Symlinked folders are followed, as `opa build` does, each real folder once (the first in path
+    order), so a link back up cannot loop. A folder that cannot be listed is added to `unreadable`.
+    Every real folder's path is known from its parent's, so only symlinks need `realpath`, which costs
+    a system call per path component.
     """
     found: list[tuple[tuple[str, ...], str, str]] = []
-    pending: list[tuple[tuple[str, ...], str, str]] = [((), str(folder), str(folder.resolve()))]
+    visited: set[str] = set()
+    pending: list[tuple[tuple[str, ...], str, str]] = [((), str(folder), os.path.realpath(folder))]
     while pending:
-        parts, current, resolved = pending.pop()
-        try:
-            entries = list(os.scandir(current))
-        except PermissionError:
+        parts, current, real = pending.pop()
+        if real in visited:
             continue
-        for entry in entries:
-            if entry.is_dir() and not entry.is_symlink():
-                pending.append(((*parts, entry.name), entry.path, f"{resolved}/{entry.name}"))
+        visited.add(real)
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name, reverse=True)
+        except OSError as error:
+            unreadable.append(f"{current}: cannot read: {error.strerror or error}")
+            continue
+        for entry in entries:  # reversed, so that the stack pops folders in path order
+            linked = entry.is_symlink()
+            if entry.is_dir():
+                target = os.path.realpath(entry.path) if linked else f"{real}/{entry.name}"
+                pending.append(((*parts, entry.name), entry.path, target))
             elif _is_yaml_name(entry.name) and entry.is_file():
-                real = os.path.realpath(entry.path) if entry.is_symlink() else f"{resolved}/{entry.name}"
-                found.append(((*parts, entry.name), entry.path, real))
+                target = os.path.realpath(entry.path) if linked else f"{real}/{entry.name}"
+                found.append(((*parts, entry.name), entry.path, target))
     found.sort()
     return found
 
 
 def walk_paths(paths: Sequence[Path]) -> list[tuple[tuple[int, tuple[str, ...]], Path]]:
     """YAML files under each path with their order keys: argument order, then path order within a
-    folder; a file reachable twice counts once, where it is first met. A missing path is an I/O error.
+    folder; a file reachable twice counts once, where it is first met.
+
+    A file named on the command line is read whatever its suffix; folders contribute `*.yaml`/`*.yml`.
+    A missing path, or any folder that cannot be listed, is an I/O error: skipping it would silently
+    drop the policies (or clients) inside.
     """
     seen: set[str] = set()
     found = []
+    unreadable: list[str] = []
     for index, root in enumerate(paths):
-        if not root.exists():
-            raise InputError(f"{root}: no such file or directory")
-        # A file named on the command line is read whatever its suffix; folders contribute YAML files.
-        candidates = [((), str(root), str(root.resolve()))] if root.is_file() else _yaml_files(root)
-        for parts, path, resolved in candidates:
-            if resolved not in seen:
-                seen.add(resolved)
+        if _is_folder(root):
+            candidates = _yaml_files(root, unreadable)
+        else:
+            candidates = [((), str(root), os.path.realpath(root))]
+        for parts, path, real in candidates:
+            if real not in seen:
+                seen.add(real)
                 found.append(((index, parts), Path(path)))
+    if unreadable:
+        raise InputError("; ".join(unreadable))
     return found
 
 
-def discover(paths: Sequence[Path]) -> Iterator[Path]:
-    """Yield YAML files under each path, in a stable order; a missing path is an I/O error."""
-    for _, path in walk_paths(paths):
-        yield path
+def discover(paths: Sequence[Path]) -> list[Path]:
+    """The YAML files under each path, in a stable order, each file once (see `walk_paths`)."""
+    return [path for _, path in walk_paths(paths)]
 
 
 def load_paths(paths: Sequence[Path]) -> LoadResult:

@@ -78,10 +78,20 @@ def strict_json_schema(node: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _with_metadata(openapi: Mapping[str, Any]) -> dict[str, Any]:
-    """Kubernetes validates metadata itself; outside a cluster we check the parts we rely on."""
+#: `status` is written by the operator through the status subresource and never decides anything: a
+#: document may carry one (an object exported from a cluster, an UPDATE under admission), and it is
+#: neither validated nor shipped in the bundle's copy of the schema.
+_STATUS_SCHEMA: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _as_input(openapi: Mapping[str, Any]) -> dict[str, Any]:
+    """The CRD schema as input to the compiler and the Rego: metadata checked (Kubernetes checks it
+    in a cluster; outside one we check the parts we rely on), status accepted as is."""
     schema = dict(openapi)
-    schema["properties"] = {**schema.get("properties", {}), "metadata": _METADATA_SCHEMA}
+    properties = {**schema.get("properties", {}), "metadata": _METADATA_SCHEMA}
+    if "status" in properties:
+        properties["status"] = _STATUS_SCHEMA
+    schema["properties"] = properties
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
     schema["properties"]["apiVersion"] = {"type": "string", "enum": [API_VERSION]}
     return schema
@@ -99,7 +109,7 @@ def load_schemas() -> dict[str, ResourceSchema]:
         kind = crd["spec"]["names"]["kind"]
         version = next(v for v in crd["spec"]["versions"] if v["name"] == VERSION)
         openapi = version["schema"]["openAPIV3Schema"]
-        schemas[kind] = ResourceSchema(kind, openapi, strict_json_schema(_with_metadata(openapi)))
+        schemas[kind] = ResourceSchema(kind, openapi, strict_json_schema(_as_input(openapi)))
     return schemas
 
 
@@ -125,11 +135,28 @@ def did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f'; did you mean "{match[0]}"?' if match else ""
 
 
+#: Longer strings are shown by their start and length: a message must stay one readable line.
+_SHOWN_CHARACTERS = 64
+#: Schema keywords whose failures carry a code of their own rather than `schema-<keyword>`.
+_OWN_CODES = {"additionalProperties": "unknown-field", "uniqueItems": "duplicate-value"}
+
+
+def schema_code(keyword: str) -> str:
+    """The diagnostic code for a failed schema keyword."""
+    return _OWN_CODES.get(keyword, f"schema-{keyword}")
+
+
+def _quoted(text: str) -> str:
+    if len(text) > _SHOWN_CHARACTERS:
+        return f'{json.dumps(text[:16])[:-1]}…" ({len(text)} characters)'
+    return json.dumps(text)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        return _quoted(value)
     if value is None:
         return "null"
     if isinstance(value, list):
@@ -143,7 +170,8 @@ def _schema_diagnostics(error: jsonschema.ValidationError, doc: SourceDocument) 
     path: JsonPath = tuple(error.absolute_path)
     where = display_path(path)
     # jsonschema types these as possibly unset; a reported error always carries them.
-    validator, expected, schema = error.validator, cast(Any, error.validator_value), cast(Any, error.schema)
+    validator, expected = str(error.validator), cast(Any, error.validator_value)
+    schema = cast(Any, error.schema)
     if validator == "additionalProperties" and isinstance(error.instance, dict):
         known = sorted(schema.get("properties", {}))
         for extra in sorted(set(error.instance) - set(known)):
@@ -151,7 +179,7 @@ def _schema_diagnostics(error: jsonschema.ValidationError, doc: SourceDocument) 
             yield Diagnostic(
                 Level.ERROR,
                 doc.key_position((*path, extra)),
-                "unknown-field",
+                schema_code(validator),
                 f'unknown field "{extra}" in {where}{hint}',
             )
         return
@@ -161,12 +189,12 @@ def _schema_diagnostics(error: jsonschema.ValidationError, doc: SourceDocument) 
             _JSON_TYPES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected)
         )
         message = f"{where} must be {wanted}, not {_describe(error.instance)}"
-        yield Diagnostic(Level.ERROR, position, "schema-type", message)
+        yield Diagnostic(Level.ERROR, position, schema_code(validator), message)
     elif validator == "enum":
         choices = [str(c) for c in expected]
         hint = did_you_mean(str(error.instance), choices)
         message = f"{where}: {_describe(error.instance)} is not one of {', '.join(choices)}{hint}"
-        yield Diagnostic(Level.ERROR, position, "schema-enum", message)
+        yield Diagnostic(Level.ERROR, position, schema_code(validator), message)
     elif validator == "uniqueItems" and isinstance(error.instance, list):
         seen: dict[str, int] = {}
         for index, item in enumerate(error.instance):
@@ -175,7 +203,7 @@ def _schema_diagnostics(error: jsonschema.ValidationError, doc: SourceDocument) 
                 yield Diagnostic(
                     Level.ERROR,
                     doc.value_position((*path, index)),
-                    "duplicate-value",
+                    schema_code(validator),
                     f"{where} lists {_describe(item)} twice (also at index {seen[marker]}); "
                     "remove the repeat",
                 )
@@ -183,10 +211,41 @@ def _schema_diagnostics(error: jsonschema.ValidationError, doc: SourceDocument) 
     elif validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         yield Diagnostic(
-            Level.ERROR, position, "schema-required", f'{where} is missing the required field "{missing}"'
+            Level.ERROR,
+            position,
+            schema_code(validator),
+            f'{where} is missing the required field "{missing}"',
         )
     else:
-        yield Diagnostic(Level.ERROR, position, f"schema-{validator}", f"{where}: {error.message}")
+        size = _size_message(validator, error.instance, expected)
+        if size:
+            message = f"{where} {size}"
+        elif validator == "pattern":
+            message = f"{where} {_describe(error.instance)} does not match the pattern {expected}"
+        else:
+            message = (
+                f"{where}: {_describe(error.instance)} does not satisfy {validator} {json.dumps(expected)}"
+            )
+        yield Diagnostic(Level.ERROR, position, schema_code(validator), message)
+
+
+#: Size keywords: what to say about the value, and about the limit.
+_SIZES = {
+    "maxItems": ("has {} items", "at most {} are allowed"),
+    "minItems": ("has {} items", "at least {} are needed"),
+    "maxLength": ("is {} characters long", "at most {} are allowed"),
+    "minLength": ("is {} characters long", "at least {} are needed"),
+    "maxProperties": ("has {} fields", "at most {} are allowed"),
+    "minProperties": ("has {} fields", "at least {} are needed"),
+}
+
+
+def _size_message(validator: str, instance: Any, limit: Any) -> str | None:
+    """`has 20000 items; at most 256 are allowed`, never the value itself (it can be megabytes)."""
+    if validator not in _SIZES or not hasattr(instance, "__len__"):
+        return None
+    size, bound = _SIZES[validator]
+    return f"{size.format(len(instance))}; {bound.format(limit)}"
 
 
 @cache

@@ -9,13 +9,12 @@ from typing import Any
 
 from nauthera.compile.diagnostics import Diagnostic, Level, Position
 from nauthera.compile.durations import DurationError, parse_duration_ns
+from nauthera.compile.kubernetes import DNS_LABEL, DNS_SUBDOMAIN, MAX_NAME, MAX_NAMESPACE
 from nauthera.compile.loading import SourceDocument
 from nauthera.compile.model import TTL_FIELDS
 from nauthera.compile.patterns import text_globs
 from nauthera.compile.schema import API_VERSION, GROUP, VERSION, did_you_mean, load_schemas, validate_document
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # Host names whose labels are names or a whole-label `*`, or an IP literal such as `[::1]`.
 _HOST_PATTERN = re.compile(
     r"^((\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)(\.(\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?))*|\[[0-9a-f:.]+\])$"
@@ -81,15 +80,18 @@ def _duration_hint(text: str) -> str:
 
 def _metadata_diagnostics(doc: SourceDocument, _spec: dict[str, Any]) -> Iterator[Diagnostic]:
     metadata = doc.content["metadata"]
-    checks = (("name", _DNS_SUBDOMAIN, 253, "a DNS subdomain"), ("namespace", _DNS_LABEL, 63, "a DNS label"))
-    for key, pattern, limit, what in checks:
+    checks = (
+        ("name", DNS_SUBDOMAIN, MAX_NAME, "a DNS subdomain: lower-case alphanumerics, '-' and '.'"),
+        ("namespace", DNS_LABEL, MAX_NAMESPACE, "a DNS label: lower-case alphanumerics and '-'"),
+    )
+    for key, pattern, limit, rule in checks:
         value = metadata[key]
         if len(value) > limit or not pattern.match(value):
             yield Diagnostic(
                 Level.ERROR,
                 doc.value_position(("metadata", key)),
                 "invalid-name",
-                f"metadata.{key} {value!r} must be {what}: lower-case letters, digits and '-', "
+                f"metadata.{key} {value!r} must be {rule}, starting and ending with an alphanumeric, "
                 f"at most {limit} characters",
             )
 

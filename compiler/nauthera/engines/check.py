@@ -12,7 +12,8 @@ from nauthera.compile.diagnostics import Diagnostic, Level, sorted_diagnostics
 from nauthera.compile.loading import SourceDocument, load_paths
 from nauthera.compile.validation import classify
 from nauthera.engines.tools import run_tool
-from nauthera.errors import InputError, ToolFailedError
+from nauthera.errors import ToolFailedError
+from nauthera.targets.opa.bundle import open_nauthera_bundle
 
 DECISION = "data.nauthera.authclient.decision"
 _BATCH_QUERY = f"decisions := [d | some c in input.clients; d := {DECISION} with input as c]"
@@ -48,8 +49,7 @@ def client_name(doc: SourceDocument) -> str:
 
 def evaluate(bundle: Path, clients: Sequence[Any]) -> list[dict[str, Any]]:
     """Decision documents for `clients`, in order, from one `opa eval` over the bundle."""
-    if not bundle.is_file():
-        raise InputError(f"{bundle}: no such bundle; run `nauthera compile` first")
+    open_nauthera_bundle(bundle)  # a stranger's .tar.gz is refused here, not half-evaluated by OPA
     if not clients:
         return []
     completed = run_tool(
@@ -67,18 +67,45 @@ def evaluate(bundle: Path, clients: Sequence[Any]) -> list[dict[str, Any]]:
     return decisions
 
 
-def check_clients(bundle: Path, paths: Sequence[Path]) -> tuple[list[ClientResult], list[Diagnostic]]:
+def load_clients(paths: Sequence[Path]) -> tuple[list[SourceDocument], list[Diagnostic]]:
+    """The AuthClient documents under `paths`, and every note or error about the rest (policies and
+    other documents are skipped with a note). Shared by `check` and `impact`."""
     loaded = load_paths(paths)
     classified = classify(loaded.documents)
-    docs = classified.clients
-    decisions = evaluate(bundle, [doc.content for doc in docs])
-    results = [
-        ClientResult(client_name(doc), f"{doc.file}:{doc.start.line}", decision)
-        for doc, decision in zip(docs, decisions, strict=True)
-    ]
     notes = [*loaded.diagnostics, *classified.diagnostics]
     notes.extend(
         Diagnostic(Level.NOTE, d.start, "skipped", "skipped AuthPolicy: not a client")
         for d in classified.policies
     )
-    return results, sorted_diagnostics(notes)
+    return classified.clients, sorted_diagnostics(notes)
+
+
+def _unreadable(doc: SourceDocument) -> dict[str, Any]:
+    """A document that could not be read as written is denied by what is wrong with it, without
+    asking OPA: what OPA would see is not what the author wrote."""
+    return {
+        "allowed": False,
+        "violations": [
+            {"policy": None, "field": "document", "message": f"{e.position}: {e.message} [{e.code}]"}
+            for e in doc.errors
+        ],
+        "warnings": [],
+        "dryrun": [],
+        "policies": [],
+    }
+
+
+def decide(bundle: Path, docs: Sequence[SourceDocument]) -> list[dict[str, Any]]:
+    """Decision documents for `docs`, in order: one `opa eval` for every readable document, and a denial
+    for each document with an error (a duplicate key, a value that cannot be read)."""
+    decided = iter(evaluate(bundle, [doc.content for doc in docs if not doc.errors]))
+    return [_unreadable(doc) if doc.errors else next(decided) for doc in docs]
+
+
+def check_clients(bundle: Path, paths: Sequence[Path]) -> tuple[list[ClientResult], list[Diagnostic]]:
+    docs, notes = load_clients(paths)
+    results = [
+        ClientResult(client_name(doc), f"{doc.file}:{doc.start.line}", decision)
+        for doc, decision in zip(docs, decide(bundle, docs), strict=True)
+    ]
+    return results, notes

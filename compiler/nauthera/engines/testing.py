@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nauthera.engines.tools import run_tool
 from nauthera.errors import ToolFailedError
 from nauthera.targets.gatekeeper import GATEKEEPER_TESTS_DIR
+from nauthera.targets.opa.bundle import read_bundle
 from nauthera.targets.opa.target import BUNDLE_NAME, OPA_TESTS_DIR
 
 
@@ -34,12 +37,39 @@ def run_opa_tests(out: Path, policy_paths: Sequence[Path], verbose: bool = False
     tests = run_tool("opa", ["test", *(["--verbose"] if verbose else []), *args])
     if tests.returncode not in (0, 2):
         raise ToolFailedError(f"opa test could not run: {tests.stderr.strip() or tests.stdout.strip()}")
-    covered = run_tool("opa", ["test", "--coverage", "--format", "json", *args])
-    try:
-        coverage = float(json.loads(covered.stdout).get("coverage", 0.0))
-    except json.JSONDecodeError:
-        coverage = 0.0
+    modules = {name for name in read_bundle(out / BUNDLE_NAME) if name.endswith(".rego")}
+    coverage = _coverage(args, modules, all_passed=tests.returncode == 0)
     return TestRun(tests.returncode == 0, (tests.stdout + tests.stderr).strip(), coverage)
+
+
+def _coverage(args: Sequence[str], modules: set[str], *, all_passed: bool) -> float:
+    """Percentage of the bundle's Rego lines that the passing tests cover.
+
+    `opa test --coverage` prints no coverage at all when a test fails, so then the tests that pass are
+    named with `--run` and measured alone; tests themselves (generated or hand-written) never count.
+    """
+    selected: list[str] = []
+    if not all_passed:
+        listed = run_tool("opa", ["test", "--format", "json", *args])
+        results = _json(listed.stdout, "opa test --format json")
+        passing = [f"{r['package']}.{r['name']}" for r in results if not (r.get("fail") or r.get("error"))]
+        if not passing:
+            return 0.0
+        selected = ["--run", "^(" + "|".join(map(re.escape, passing)) + ")$"]
+    report = _json(
+        run_tool("opa", ["test", "--coverage", "--format", "json", *selected, *args]).stdout, "opa test"
+    )
+    files = {name: counts for name, counts in report.get("files", {}).items() if name in modules}
+    covered = sum(counts.get("covered_lines", 0) for counts in files.values())
+    missed = sum(counts.get("not_covered_lines", 0) for counts in files.values())
+    return 100.0 * covered / (covered + missed) if covered + missed else 0.0
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ToolFailedError(f"{what} did not print JSON: {text.strip()[:500]}") from error
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Find and run the real engines (opa, regal, gator): `NAUTHERA_<TOOL>`, the tools folder, then PATH."""
+"""Find and run the real engines (opa, regal, gator, ...): `NAUTHERA_<TOOL>`, the tools folder, then PATH."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ TOOLS_DIR = Path(__file__).resolve().parents[3] / ".tools" / "bin"
 
 
 def find_tool(name: str) -> Path:
-    override = os.environ.get(f"NAUTHERA_{name.upper()}")
+    variable = f"NAUTHERA_{name.upper().replace('-', '_')}"  # kube-apiserver: NAUTHERA_KUBE_APISERVER
+    override = os.environ.get(variable)
     if override:
         if Path(override).is_file():
             return Path(override)
         raise ToolNotFoundError(
-            f"NAUTHERA_{name.upper()}={override} does not exist; fix or unset it (without it nauthera "
+            f"{variable}={override} does not exist; fix or unset it (without it nauthera "
             "uses .tools/bin from `make tools`, then PATH)"
         )
     candidate = TOOLS_DIR / name
@@ -31,7 +32,7 @@ def find_tool(name: str) -> Path:
         return Path(found)
     raise ToolNotFoundError(
         f"{name} not found: run `make tools` in the nauthera checkout (builds pinned versions into "
-        f".tools/bin), put {name} on PATH, or set NAUTHERA_{name.upper()}"
+        f".tools/bin), put {name} on PATH, or set {variable}"
     )
 
 

@@ -28,7 +28,8 @@ from typing import Any
 from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
 from nauthera.serve.http import Reply
-from nauthera.store.folder import BundleStore, read_bundle_bytes
+from nauthera.store.folder import BundleStore
+from nauthera.targets.opa.bundle import bundle_entries
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
 
@@ -141,6 +142,7 @@ class ChannelWatcher:
         self._stamps: dict[str, tuple[int, int, int]] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self.held = 0
+        self.closing = False
 
     def refresh(self) -> None:
         """Re-read channels whose pointer file changed since the last look (one stat each)."""
@@ -185,6 +187,9 @@ class ChannelWatcher:
     ) -> Callable[[], None]:
         """Call `callback` with the channel's new revision when it moves, or with None after `timeout`
         seconds; return a function that drops the waiter (the client went away)."""
+        if self.closing:
+            callback(None)
+            return _nothing
         loop = asyncio.get_running_loop()
         waiter = _Waiter(callback)
         self._waiters.setdefault(channel, []).append(waiter)
@@ -197,6 +202,15 @@ class ChannelWatcher:
                 self._waiters.get(channel, []).remove(waiter)
 
         return drop
+
+    def release_all(self) -> None:
+        """Answer every held long poll now (unchanged: 304) and hold no new ones: the server is stopping,
+        and a held poll would keep its connection, and so the process, alive for up to its timeout."""
+        self.closing = True
+        waiting, self._waiters = self._waiters, {}
+        for waiters in waiting.values():
+            for waiter in waiters:
+                self._release(waiter, None)
 
     def _finish(self, waiter: _Waiter) -> None:
         waiter.done = True
@@ -223,6 +237,10 @@ class ChannelWatcher:
             except (OSError, NautheraError) as error:
                 log.warning("cannot read the store: %s", error)
             await asyncio.sleep(self.interval)
+
+
+def _nothing() -> None:
+    """What `hold` returns when it holds nothing."""
 
 
 def on_loop(loop: asyncio.AbstractEventLoop | None, function: Callable[..., None], *args: Any) -> None:
@@ -386,7 +404,7 @@ class BundleService:
 def _parse_state(revision: str, content: bytes, known: DataNode | None) -> BundleState | None:
     """The data tree of a stored bundle; nodes equal to ones of `known` are shared, not duplicated."""
     try:
-        files = read_bundle_bytes(content, revision)
+        files = bundle_entries(content, revision)
         return bundle_state(files, known=nodes_by_digest(known) if known is not None else None)
     except (NautheraError, ValueError, KeyError) as error:
         log.warning("revision %s goes as snapshots only: %s", revision, error)

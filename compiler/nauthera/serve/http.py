@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import logging
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -274,8 +275,16 @@ class _RequestTooLargeError(Exception):
 class HttpServer:
     """Serves `native` for GET/HEAD requests under `prefix`, and `app` (ASGI) for everything else."""
 
-    def __init__(self, app: AsgiApp, prefix: bytes, native: Native, limits: HttpLimits | None = None) -> None:
+    def __init__(
+        self,
+        app: AsgiApp,
+        prefix: bytes,
+        native: Native,
+        limits: HttpLimits | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
+        self.on_stop = on_stop
         self.prefix = prefix
         self.native = native
         self.limits = limits or HttpLimits()
@@ -342,16 +351,16 @@ class HttpServer:
         kept = tuple((k, v) for k, v in headers if k not in _OWN_HEADERS)
         connection.answer(request, Reply(status, kept, b"".join(chunks)))
 
-    async def serve(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
-        """Run until cancelled or signalled (SIGINT/SIGTERM); the ASGI lifespan brackets it."""
+    async def serve(self, listener: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on the bound `listener` until cancelled or signalled (SIGINT/SIGTERM); the ASGI lifespan
+        brackets it. At the stop, `on_stop` answers what native handlers hold (held long polls) before
+        the connections close, which flushes those answers."""
         loop = asyncio.get_running_loop()
         self.loop_time = loop.time
         self.tls = tls is not None
         lifespan = _Lifespan(self.app)
         await lifespan.startup()
-        server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=tls, backlog=4096, reuse_address=True
-        )
+        server = await loop.create_server(lambda: _Connection(self), sock=listener, ssl=tls, backlog=4096)
         stop = asyncio.Event()
         handled = []
         if threading.current_thread() is threading.main_thread():
@@ -364,6 +373,8 @@ class HttpServer:
         finally:
             sweeper.cancel()
             self.stopping = True
+            if self.on_stop is not None:
+                self.on_stop()
             server.close()
             for connection in list(self.connections):
                 if connection.transport is not None:

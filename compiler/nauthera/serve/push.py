@@ -19,8 +19,7 @@ from opa_client.opa import OpaClient
 
 from nauthera.errors import NautheraError
 from nauthera.store.folder import BundleStore
-from nauthera.targets.opa.bundle import read_bundle
-from nauthera.targets.opa.render import DATA_FILE, DATA_ROOT
+from nauthera.targets.opa.bundle import DATA_FILE, DATA_ROOT, read_bundle
 
 log = logging.getLogger("nauthera.sidecar")
 #: Where a pushed OPA records which revision it holds, beside (not inside) the bundle's roots.

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import resource
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -300,8 +301,10 @@ def create_app(state: ServerState) -> Starlette:
 def parse_listen(listen: str) -> tuple[str, int]:
     """`HOST:PORT`, `[::1]:PORT` or `:PORT` (which still binds to localhost, never to all interfaces)."""
     host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        raise NautheraError(f"--listen {listen!r}: expected HOST:PORT, like 127.0.0.1:8282")
+    if not port.isdigit() or int(port) > 65535:
+        raise NautheraError(
+            f"--listen {listen!r}: expected HOST:PORT with a port up to 65535, like 127.0.0.1:8282"
+        )
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
@@ -312,6 +315,8 @@ def read_token(path: Path | None) -> str | None:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as error:
         raise NautheraError(f"{path}: cannot read token file: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise NautheraError(f"{path}: token file is not UTF-8 text ({error.reason})") from error
     if not token:
         raise NautheraError(f"{path}: token file is empty")
     return token
@@ -353,11 +358,34 @@ def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 async def serve(
-    state: ServerState, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
+    app: Starlette, host: str, port: int, tls_cert: Path | None = None, tls_key: Path | None = None
 ) -> None:
-    """Serve `state` until cancelled or signalled."""
+    """Serve `app` (from `create_app`, perhaps with more routes) until cancelled or signalled; at
+    SIGTERM/SIGINT every held long poll is answered before the connections close."""
+    listener = _listening_socket(host, port)
     _raise_open_file_limit()
     _tune_garbage_collector()
     tls = _tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    state: ServerState = app.state.nauthera
     limits = HttpLimits(max_body=state.config.max_upload_bytes)
-    await HttpServer(create_app(state), BUNDLES_PREFIX, state.answer_bundle, limits).serve(host, port, tls)
+    server = HttpServer(app, BUNDLES_PREFIX, state.answer_bundle, limits, on_stop=state.watcher.release_all)
+    with listener:
+        await server.serve(listener, tls)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving, so a taken port or an unknown host is a clear error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise NautheraError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as error:
+        listener.close()
+        raise NautheraError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    return listener

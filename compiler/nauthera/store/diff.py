@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nauthera.compile.durations import DurationError, parse_duration_ns
-from nauthera.errors import InputError
-from nauthera.store.folder import read_bundle_bytes
-from nauthera.targets.opa.bundle import MANIFEST
-from nauthera.targets.opa.render import data_file
+from nauthera.targets.opa.bundle import open_nauthera_bundle
 
 TTL_FIELDS = ("token.accessTokenTTL", "token.refreshTokenTTL", "token.idTokenTTL")
 
@@ -190,28 +187,15 @@ def _object(value: Any) -> dict[str, Any]:
 
 def load_side(path: Path, label: str | None = None) -> BundleSide:
     """Read the parts of a bundle file that a diff compares."""
-    try:
-        content = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read the bundle: {error.strerror or error}") from error
-    files = read_bundle_bytes(content, str(path))
-    try:
-        manifest = json.loads(files.get(MANIFEST, b"{}"))
-        name = data_file(files)
-        data = json.loads(files[name] if name is not None else b"{}")
-    except ValueError as error:
-        raise InputError(f"{path}: not a Nauthera bundle: {error}") from error
-    if not isinstance(manifest, dict) or not isinstance(data, dict):
-        raise InputError(f"{path}: not a Nauthera bundle")
-    metadata = _object(manifest.get("metadata"))
-    nauthera = _object(metadata.get("nauthera"))
+    bundle = open_nauthera_bundle(path)
+    nauthera = _object(_object(bundle.manifest.get("metadata")).get("nauthera"))
     return BundleSide(
         label=label or str(path),
-        revision=manifest.get("revision") if isinstance(manifest.get("revision"), str) else None,
+        revision=bundle.revision,
         compiler=nauthera.get("compiler"),
-        policies=_object(data.get("policies")),
-        settings=_object(data.get("settings")),
-        modules={name: body for name, body in files.items() if name.endswith(".rego")},
+        policies=_object(bundle.data.get("policies")),
+        settings=_object(bundle.data.get("settings")),
+        modules={name: body for name, body in bundle.files.items() if name.endswith(".rego")},
     )
 
 

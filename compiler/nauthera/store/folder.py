@@ -21,30 +21,31 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
-import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nauthera.errors import NautheraError
-from nauthera.targets.opa.bundle import MANIFEST, policy_digest
-from nauthera.targets.opa.render import data_file
+from nauthera.targets.opa.bundle import (
+    check_revision_id,
+    is_revision_id,
+    parse_nauthera_bundle,
+    policy_digest,
+    read_bundle_file,
+)
 from nauthera.targets.opa.signing import SIGNATURES_FILE, token_header
 
 STORE_FORMAT = "nauthera-bundle-store/1"
 BUNDLE_FILE = "bundle.tar.gz"
 META_FILE = "meta.json"
-#: Revision ids become folder names: no separators, no dot-files, bounded length.
-_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: How many earlier revisions a channel remembers for `rollback`.
 HISTORY_LIMIT = 100
@@ -134,60 +135,28 @@ def policy_digests(data: Mapping[str, Any]) -> dict[str, str]:
     return {str(pid): policy_digest(params).hex() for pid, params in policies.items()}
 
 
-def read_bundle_bytes(content: bytes, label: str) -> dict[str, bytes]:
-    """A bundle's regular files from its .tar.gz bytes, names without a leading slash."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(content), mode="r:gz") as tar:
-            files = {}
-            for member in tar.getmembers():
-                if member.isfile():
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        files[member.name.lstrip("/")] = handle.read()
-            return files
-    except (tarfile.TarError, EOFError, OSError, ValueError) as error:
-        raise StoreError(f"{label}: not a bundle (.tar.gz): {error}") from error
-
-
 def bundle_facts(content: bytes, label: str) -> BundleFacts:
-    files = read_bundle_bytes(content, label)
-    if MANIFEST not in files:
-        raise StoreError(f"{label}: the bundle has no .manifest")
-    try:
-        manifest = json.loads(files[MANIFEST])
-    except ValueError as error:
-        raise StoreError(f"{label}: .manifest is not JSON: {error}") from error
-    revision = manifest.get("revision") if isinstance(manifest, dict) else None
-    if not isinstance(revision, str) or not revision:
+    bundle = parse_nauthera_bundle(content, label)
+    if bundle.revision is None:
         raise StoreError(f"{label}: the bundle's .manifest has no revision")
-    check_revision_id(revision)
-    metadata = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
-    data: Any = {}
-    name = data_file(files)
-    if name is not None:
-        try:
-            data = json.loads(files[name])
-        except ValueError as error:
-            raise StoreError(f"{label}: {name} is not JSON: {error}") from error
-    signatures = files.get(SIGNATURES_FILE)
+    check_revision_id(bundle.revision)
+    metadata = bundle.manifest.get("metadata")
+    signatures = bundle.files.get(SIGNATURES_FILE)
     kid = token_header(signatures).get("kid") if signatures is not None else None
     return BundleFacts(
-        revision=revision,
+        revision=bundle.revision,
         digest=hashlib.sha256(content).hexdigest(),
         size=len(content),
-        metadata=metadata,
-        policies=policy_digests(data),
+        metadata=metadata if isinstance(metadata, dict) else {},
+        policies=policy_digests(bundle.data),
         signer_key_id=kid if isinstance(kid, str) else None,
     )
 
 
-def check_revision_id(revision: str) -> str:
-    if not _REVISION.match(revision):
-        raise StoreError(
-            f"revision {revision!r} cannot be stored: use letters, digits, '.', '_', '+', '-' "
-            "(at most 128, starting with a letter or digit)"
-        )
-    return revision
+def shadows(channel: str, revision: str) -> bool:
+    """Whether `channel` would be read as `revision` (or the other way round) where both are accepted:
+    the same name, or a prefix long enough to name a revision."""
+    return channel == revision or (len(channel) >= _MIN_PREFIX and revision.startswith(channel))
 
 
 def check_channel_name(channel: str) -> str:
@@ -292,10 +261,16 @@ class BundleStore:
         return sorted(found, key=lambda info: info.sequence, reverse=True)
 
     def _revision_names(self) -> list[str]:
+        return sorted(name for name in self._listing(self._revisions_dir) if is_revision_id(name))
+
+    def _listing(self, folder: Path) -> list[str]:
+        """Names in one of the store's folders; none when the store has not been written yet."""
         try:
-            return sorted(p.name for p in self._revisions_dir.iterdir() if _REVISION.match(p.name))
+            return [p.name for p in folder.iterdir()]
         except FileNotFoundError:
             return []
+        except OSError as error:
+            raise StoreError(f"{folder}: cannot read the store: {error.strerror or error}") from error
 
     def _pointer(self, channel: str) -> dict[str, Any] | None:
         path = self.pointer_file(channel)
@@ -323,14 +298,11 @@ class BundleStore:
         return self._pointer(channel)
 
     def channels(self) -> dict[str, str]:
-        try:
-            names = sorted(
-                p.name[: -len(".json")]
-                for p in self._channels_dir.iterdir()
-                if p.name.endswith(".json") and _CHANNEL.match(p.name[: -len(".json")])
-            )
-        except FileNotFoundError:
-            return {}
+        names = sorted(
+            name[: -len(".json")]
+            for name in self._listing(self._channels_dir)
+            if name.endswith(".json") and _CHANNEL.match(name[: -len(".json")])
+        )
         result = {}
         for name in names:
             revision = self.channel_revision(name)
@@ -340,7 +312,7 @@ class BundleStore:
 
     def resolve(self, ref: str) -> str:
         """A revision id from a revision, a channel name, or a unique revision prefix (4+ characters)."""
-        if _REVISION.match(ref) and (self._revisions_dir / ref / META_FILE).is_file():
+        if is_revision_id(ref) and (self._revisions_dir / ref / META_FILE).is_file():
             return ref
         if _CHANNEL.match(ref):
             revision = self.channel_revision(ref)
@@ -352,7 +324,10 @@ class BundleStore:
                 return matches[0]
             if len(matches) > 1:
                 raise StoreError(f"{ref!r} is ambiguous: {', '.join(matches[:5])}")
-        raise StoreError(f"{ref!r} is neither a revision nor a channel in store {self.root}")
+        short = (
+            f" (a revision prefix needs at least {_MIN_PREFIX} characters)" if len(ref) < _MIN_PREFIX else ""
+        )
+        raise StoreError(f"{ref!r} is neither a revision nor a channel in store {self.root}{short}")
 
     # --- writing (under the lock) ----------------------------------------------------------------------
 
@@ -404,10 +379,7 @@ class BundleStore:
         """
         if channel is not None:
             check_channel_name(channel)
-        try:
-            content = Path(bundle).read_bytes()
-        except OSError as error:
-            raise StoreError(f"{bundle}: cannot read the bundle: {error.strerror or error}") from error
+        content = read_bundle_file(Path(bundle))
         facts = facts or bundle_facts(content, str(bundle))
         git = facts.metadata.get("nauthera", {}).get("git") if isinstance(facts.metadata, dict) else None
         commit = git.get("commit") if isinstance(git, dict) else None
@@ -419,11 +391,30 @@ class BundleStore:
             message = message if message is not None else git_subject
         with self._locked():
             existing = self._existing(facts)
+            self._check_names(channel, facts.revision if existing is None else None)
             if existing is None:
                 existing = self._write_revision(content, facts, channel, commit, git, author, message)
             if channel is not None:
                 self._move(channel, existing.revision)
             return existing
+
+    def _check_names(self, channel: str | None, new_revision: str | None) -> None:
+        """Channels and revisions never hide each other: `show NAME` takes a revision before a channel
+        and a channel before a revision prefix, so a channel may be neither a revision nor a prefix of
+        one, and a new revision may not be named like a channel."""
+        revisions: Iterable[str] = self._revision_names() + ([new_revision] if new_revision else [])
+        if channel is not None:
+            hidden = next((r for r in revisions if shadows(channel, r)), None)
+            if hidden is not None:
+                raise StoreError(
+                    f"channel name {channel!r} would be read as revision {hidden}; "
+                    "choose another channel name"
+                )
+        if new_revision is not None and new_revision in self.channels():
+            raise StoreError(
+                f"revision {new_revision!r} would hide the channel {new_revision!r}; compile with another "
+                "--revision"
+            )
 
     def _existing(self, facts: BundleFacts) -> RevisionInfo | None:
         if not (self._revision_dir(facts.revision) / META_FILE).is_file():
@@ -528,6 +519,7 @@ class BundleStore:
         check_channel_name(channel)
         with self._locked():
             self.bundle_path(revision)
+            self._check_names(channel, None)
             self._move(channel, revision)
 
     def rollback(self, channel: str) -> str:
@@ -553,15 +545,10 @@ class BundleStore:
         """
         if keep < 0:
             raise StoreError("gc --keep must be 0 or more")
+        if dry_run:  # only reads, like list and show: works on a store this user cannot write
+            return self._doomed(keep)
         with self._locked():
-            protected = self.protected()
-            doomed = [
-                info.revision
-                for index, info in enumerate(self.revisions())
-                if index >= keep and info.revision not in protected
-            ]
-            if dry_run:
-                return doomed
+            doomed = self._doomed(keep)
             for revision in doomed:
                 # Rename first, so the revision disappears in one step and never half-deleted.
                 graveyard = self._tmp_dir / f"gc-{revision}.{secrets.token_hex(4)}"
@@ -576,6 +563,14 @@ class BundleStore:
             for stale in self._channels_dir.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
             return doomed
+
+    def _doomed(self, keep: int) -> list[str]:
+        protected = self.protected()
+        return [
+            info.revision
+            for index, info in enumerate(self.revisions())
+            if index >= keep and info.revision not in protected
+        ]
 
     def fsck(self) -> list[str]:
         """Integrity problems: channels naming missing revisions, bundles not matching their digest."""

@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nauthera.compile.diagnostics import Diagnostic, Level, sorted_diagnostics
-from nauthera.compile.loading import load_paths
-from nauthera.compile.validation import classify
-from nauthera.engines.check import client_name, evaluate
+from nauthera.compile.diagnostics import Diagnostic, Level
+from nauthera.engines.check import client_name, decide, load_clients
 
 NEWLY_DENIED = "newly_denied"
 NEWLY_ALLOWED = "newly_allowed"
@@ -102,18 +100,10 @@ def impact(
     before: Path, after: Path, paths: Sequence[Path], labels: tuple[str, str] | None = None
 ) -> ImpactReport:
     """Evaluate the AuthClients under `paths` against both bundles with the real OPA."""
-    loaded = load_paths(paths)
-    classified = classify(loaded.documents)
-    docs = classified.clients
-    contents = [doc.content for doc in docs]
-    old, new = evaluate(before, contents), evaluate(after, contents)
-    notes = [*loaded.diagnostics, *classified.diagnostics]
-    notes.extend(
-        Diagnostic(Level.NOTE, d.start, "skipped", "skipped AuthPolicy: not a client")
-        for d in classified.policies
-    )
+    docs, notes = load_clients(paths)
+    old, new = decide(before, docs), decide(after, docs)
     names = labels or (str(before), str(after))
-    report = ImpactReport(before=names[0], after=names[1], notes=sorted_diagnostics(notes))
+    report = ImpactReport(before=names[0], after=names[1], notes=notes)
     report.clients = [
         ClientImpact(client_name(doc), f"{doc.file}:{doc.start.line}", b, a)
         for doc, b, a in zip(docs, old, new, strict=True)

@@ -11,10 +11,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nauthera.compile.mapping import COPIED_MEMBERS, PKCE_MEMBERS, SCOPE_MEMBER, metadata_spec
 from nauthera.compile.model import Policy
 from nauthera.compile.schema import API_VERSION, load_schemas
 
 COMPLIANT = "compliant"
+SCHEMA = "schema"
 _NOT_ALLOWED_SCOPE = "nauthera-fixture-not-allowed"
 _NOT_ALLOWED_HOST = "nauthera-fixture.invalid"
 
@@ -54,6 +56,35 @@ class PolicyFixtures:
 
 def violating_name(compliant_name: str) -> str:
     return f"{compliant_name}-bad"[:253]
+
+
+def registration_request(fixture: Fixture) -> dict[str, Any] | None:
+    """The fixture as an RFC 7591 registration request for `data.nauthera.registration.decision`.
+
+    None when RFC 7591 metadata cannot say what the fixture's client says: token lifetimes (a compliant
+    client may leave them out, which the maxima then allow), or a spec that the registration mapping
+    would not give back exactly. The malformed fixture stays malformed as metadata.
+    """
+    if fixture.expect.startswith("token."):
+        return None
+    spec, metadata = fixture.client["spec"], fixture.client["metadata"]
+    fields = {field: member for member, field in COPIED_MEMBERS.items()}
+    client_metadata: dict[str, Any] = {"client_id": metadata["name"]}
+    client_metadata.update({fields[key]: value for key, value in spec.items() if key in fields})
+    if "applicationType" in spec:
+        client_metadata["application_type"] = spec["applicationType"]
+    if "scopes" in spec:
+        client_metadata[SCOPE_MEMBER] = " ".join(spec["scopes"])
+    for member, (field, _default) in PKCE_MEMBERS.items():
+        if field in spec.get("pkce", {}):
+            client_metadata[member] = spec["pkce"][field]
+    expected = {key: value for key, value in spec.items() if key != "token"}
+    if fixture.expect != SCHEMA and metadata_spec(client_metadata) != expected:
+        return None
+    request: dict[str, Any] = {"namespace": metadata["namespace"], "client_metadata": client_metadata}
+    if metadata.get("labels"):
+        request["labels"] = metadata["labels"]
+    return request
 
 
 def _client_enum(*path: str) -> list[str]:
@@ -196,4 +227,4 @@ def schema_fixture() -> Fixture:
         "metadata": {"name": "fixture-malformed", "namespace": "nauthera-fixture"},
         "spec": {"grantTypes": "authorization_code"},
     }
-    return Fixture("malformed client fails closed", None, "schema", client)
+    return Fixture("malformed client fails closed", None, SCHEMA, client)

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nauthera.compile.kubernetes import kubectl_yaml, valid_label_key, valid_label_value
 from nauthera.compile.model import Policy
 from nauthera.compile.patterns import PatternSet
 from nauthera.compile.schema import GROUP, client_json_schema
@@ -57,75 +56,6 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 #: An exact name or `prefix*` that the Constraint CRD accepts in match.namespaces (which allows
 #: `^\*?[-:a-z0-9]*\*?$`), or `*` alone.
 _GATEKEEPER_NAMESPACE = re.compile(r"^([-:a-z0-9]+\*?|\*)$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-class _Emitter(yaml.emitter.Emitter):
-    """PyYAML's emitter, except that tab-indented text (Rego) may still be a literal block."""
-
-    def analyze_scalar(self, scalar: str) -> yaml.emitter.ScalarAnalysis:
-        if "\t" not in scalar or not _literal_block(scalar):
-            return super().analyze_scalar(scalar)
-        analysis = super().analyze_scalar(scalar.replace("\t", " "))
-        analysis.scalar = scalar
-        return analysis
-
-
-class _Dumper(_Emitter, yaml.serializer.Serializer, yaml.representer.SafeRepresenter, yaml.resolver.Resolver):
-    def __init__(self, stream: Any, **options: Any) -> None:
-        _Emitter.__init__(self, stream, width=options.get("width"), allow_unicode=True)
-        yaml.serializer.Serializer.__init__(self)
-        yaml.representer.SafeRepresenter.__init__(self, default_flow_style=False, sort_keys=True)
-        yaml.resolver.Resolver.__init__(self)
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _literal_block(text: str) -> bool:
-    """Source code that reads back exactly from a `|` block: no odd whitespace or control characters."""
-    lines = text.split("\n")[:-1]
-    return (
-        len(lines) > 1
-        and text.endswith("\n")
-        and not text.endswith("\n\n")
-        and not text[0].isspace()
-        and all(line == line.rstrip() and line.replace("\t", " ").isprintable() for line in lines)
-    )
-
-
-#: Strings that may stay unquoted. PyYAML quotes what *it* would read as another type, but kubectl
-#: and gator read YAML with go-yaml, which also takes `y`/`n` for booleans and `0o17`/`1e3` for
-#: numbers; so anything not plainly a word (or a word go-yaml reads as bool or null) is quoted.
-_PLAIN = re.compile(r"^[A-Za-z_][-A-Za-z0-9_.:/@]*$")
-_YAML_WORDS = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null"})
-
-
-def _represent_str(dumper: _Dumper, text: str) -> yaml.ScalarNode:
-    if _literal_block(text):
-        style: str | None = "|"
-    elif not _PLAIN.match(text) or text.lower() in _YAML_WORDS:
-        style = "'"
-    else:
-        style = None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _template_document(value: Mapping[str, Any]) -> bytes:
-    """Stable YAML with the Rego as literal blocks, so a reviewer reads the ConstraintTemplates as code:
-    sorted keys, block style, no aliases; JSON-exact on reload."""
-    text = yaml.dump(value, Dumper=_Dumper, width=1_000_000)
-    if yaml.load(text, Loader=_Loader) != value:  # pragma: no cover - the emitter refused a literal block
-        text = yaml.safe_dump(value, sort_keys=True, width=1_000_000)
-    return text.encode()
 
 
 def _document(value: Mapping[str, Any]) -> bytes:
@@ -327,23 +257,12 @@ def _gatekeeper_namespaces(patterns: PatternSet | None) -> list[str] | None:
     return sorted(patterns.source)
 
 
-def _valid_label_key(key: str) -> bool:
-    prefix, _, name = key.rpartition("/")
-    if "/" in key and (not prefix or len(prefix) > 253 or not _LABEL_PREFIX.match(prefix)):
-        return False
-    return 0 < len(name) <= 63 and bool(_LABEL_NAME.match(name))
-
-
-def _valid_label_value(value: str) -> bool:
-    return len(value) <= 63 and bool(_LABEL_VALUE.match(value))
-
-
 def _label_selector(policy: Policy) -> dict[str, Any] | None:
     """The clientSelector as a Kubernetes label selector, or None when Gatekeeper would refuse it."""
     t = policy.targets
     keys = [k for k, _ in t.match_labels] + [e.key for e in t.match_expressions]
     values = [v for _, v in t.match_labels] + [v for e in t.match_expressions for v in e.values]
-    if not keys or not all(map(_valid_label_key, keys)) or not all(map(_valid_label_value, values)):
+    if not keys or not all(map(valid_label_key, keys)) or not all(map(valid_label_value, values)):
         return None
     selector: dict[str, Any] = {}
     if t.match_labels:
@@ -423,9 +342,7 @@ def gatekeeper_objects(policies: Sequence[Policy], fail_closed: bool) -> Gatekee
 def render_gatekeeper(policies: Sequence[Policy], fail_closed: bool) -> dict[str, bytes]:
     """Files under DIR/gatekeeper/: only what `kubectl apply -f DIR/gatekeeper --recursive` applies."""
     objects = gatekeeper_objects(policies, fail_closed)
-    files = {
-        f"{TEMPLATES_DIR}/{kind.lower()}.yaml": _template_document(t) for kind, t in objects.templates.items()
-    }
+    files = {f"{TEMPLATES_DIR}/{kind.lower()}.yaml": kubectl_yaml(t) for kind, t in objects.templates.items()}
     files.update(
         {f"{CONSTRAINTS_DIR}/policy-{name}.yaml": _document(c) for name, c in objects.constraints.items()}
     )
@@ -445,7 +362,8 @@ def _suite(name: str, kind: str, constraint: str, cases: list[dict[str, Any]]) -
     test: dict[str, Any] = {"name": name, "template": template, "constraint": f"{_APPLIED}/{constraint}"}
     # A policy no client can satisfy has no fixtures; gator refuses a test without cases.
     test.update({"cases": cases} if cases else {"skip": True})
-    return _document({"apiVersion": SUITE_API, "kind": "Suite", "metadata": {"name": name}, "tests": [test]})
+    suite = {"apiVersion": SUITE_API, "kind": "Suite", "metadata": {"name": name}, "tests": [test]}
+    return _document(suite)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from nauthera.compile.analysis import analyse, collector_paused
 from nauthera.compile.diagnostics import Diagnostic, Level, Position, has_errors
 from nauthera.compile.model import Policy
+from nauthera.errors import OutputError
 from nauthera.targets.base import CompileOptions, Target
 from nauthera.targets.gatekeeper import GatekeeperTarget
 from nauthera.targets.opa.target import OpaTarget
@@ -111,14 +114,29 @@ def _compile(
     )
     if failing:
         return result
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    # Targets write into a staging folder beside --out, so any error there leaves --out untouched.
-    with tempfile.TemporaryDirectory(prefix=".nauthera-", dir=options.out.parent) as tmp:
-        staging = Path(tmp)
-        for index, target in enumerate(targets):
-            staged = target.stage([p.parts[index] for p in prepared], options, staging)
-            result.artifacts[target.name] = options.out / staged.artifact
-            result.revision = staged.revision or result.revision
-        _publish(staging, options.out)
+    try:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        # Targets write into a staging folder beside --out, so any error there leaves --out untouched.
+        with tempfile.TemporaryDirectory(prefix=".nauthera-", dir=options.out.parent) as tmp:
+            staging = Path(tmp)
+            for index, target in enumerate(targets):
+                staged = target.stage([p.parts[index] for p in prepared], options, staging)
+                result.artifacts[target.name] = options.out / staged.artifact
+                result.revision = staged.revision or result.revision
+            with _taking_turns(options.out):
+                _publish(staging, options.out)
+    except OSError as error:
+        problem = error.strerror or str(error)
+        raise OutputError(f"{options.out}: cannot write the output folder: {problem}") from error
     result.written = True
     return result
+
+
+@contextlib.contextmanager
+def _taking_turns(out: Path) -> Iterator[None]:
+    """Compiles into the same folder publish one after the other: each holds an exclusive flock on
+    `.<name>.lock` beside the folder (the kernel releases it when a compile dies), so the moves of
+    one compile are never interleaved with another's."""
+    with (out.parent / f".{out.name or 'out'}.lock").open("a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield

@@ -103,7 +103,9 @@ def test_a_delta_bundle_carries_the_manifest_and_the_patch(tmp_path: Any) -> Non
     assert set(files) == {".manifest", "patch.json"}
     assert json.loads(files[".manifest"])["revision"] == "b"
     assert json.loads(files["patch.json"]) == {
-        "data": [{"op": "upsert", "path": "/nauthera_data/policies/security~1p1", "value": {"id": "security/p1"}}]
+        "data": [
+            {"op": "upsert", "path": "/nauthera_data/policies/security~1p1", "value": {"id": "security/p1"}}
+        ]
     }
 
 

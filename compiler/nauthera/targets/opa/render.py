@@ -9,11 +9,12 @@ from functools import cache
 from typing import Any
 
 from nauthera.compile.diagnostics import Position
+from nauthera.compile.mapping import registration_vocabulary
 from nauthera.compile.model import Policy
 from nauthera.compile.patterns import literal_prefix
-from nauthera.compile.schema import client_json_schema
-from nauthera.targets.fixtures import policy_fixture_set, schema_fixture, violating_name
-from nauthera.targets.opa.bundle import Content, policy_digest
+from nauthera.compile.schema import API_VERSION, client_json_schema
+from nauthera.targets.fixtures import policy_fixture_set, registration_request, schema_fixture, violating_name
+from nauthera.targets.opa.bundle import DATA_FILE, Content, policy_digest
 from nauthera.targets.opa.datatree import (
     SPLIT_DEPTH,
     DataNode,
@@ -31,19 +32,6 @@ from nauthera.targets.rego import render_template
 ANY_TYPE = "*"
 OPA_LIB_PACKAGE = "nauthera.lib"
 FIXTURE_ROOT = "nauthera_fixtures"
-#: The policy data lives in its own root, beside the Rego's `nauthera`: OPA applies a delta patch
-#: under a root that also holds Rego packages by deep-copying that root's data for every rule it checks
-#: for conflicts (storage.NonEmpty reads each rule path's nearest existing prefix), which at 10,000
-#: policies did not finish in a minute; under its own root the same patch activates within a second.
-DATA_ROOT = "nauthera_data"
-DATA_FILE = f"{DATA_ROOT}/data.json"
-#: Where bundles compiled before the data had its own root kept it.
-LEGACY_DATA_FILE = "nauthera/data.json"
-
-
-def data_file(files: Mapping[str, object]) -> str | None:
-    """The name of a Nauthera bundle's data file among `files` (new or legacy layout), if any."""
-    return next((name for name in (DATA_FILE, LEGACY_DATA_FILE) if name in files), None)
 
 
 def _index_keys(policy: Policy) -> list[tuple[str, ...]]:
@@ -133,6 +121,9 @@ def rego_modules() -> dict[str, bytes]:
         "nauthera/lib/checks.rego": render_template("checks.rego.j2", **context).encode(),
         "nauthera/authclient/decision.rego": render_template("authclient.rego.j2", **context).encode(),
         "nauthera/admission/review.rego": render_template("admission.rego.j2", **context).encode(),
+        "nauthera/registration/decision.rego": render_template(
+            "registration.rego.j2", api_version=API_VERSION, vocabulary=registration_vocabulary(), **context
+        ).encode(),
     }
 
 
@@ -160,14 +151,25 @@ def render_opa(policies: Sequence[Policy], fail_closed: bool) -> RenderedOpa:
 
 
 def fixture_entry(policy: Policy) -> bytes | None:
-    """One policy's entry in the generated tests' data (its compliant client, and per constraint the
-    `spec` members a violating client changes), serialized; None when no client can satisfy it."""
+    """One policy's entry in the generated tests' data (its compliant client, per constraint the
+    `spec` members a violating client changes, and each fixture as an RFC 7591 registration request
+    where the metadata can express it), serialized; None when no client can satisfy it."""
     found = policy_fixture_set(policy)
     if found is None:
         return None
     name = violating_name(found.compliant["metadata"]["name"])
+    compliant, *violating = found.fixtures()
+    registration = {
+        "compliant": registration_request(compliant),
+        "violations": {fixture.expect: registration_request(fixture) for fixture in violating},
+    }
     return canonical(
-        {"client": found.compliant, "violating_name": name, "violations": dict(found.violations)}
+        {
+            "client": found.compliant,
+            "violating_name": name,
+            "violations": dict(found.violations),
+            "registration": registration,
+        }
     )
 
 
@@ -178,6 +180,7 @@ def render_fixture_data(entries: Mapping[str, bytes]) -> dict[str, bytes]:
     data = branch(
         {
             "malformed": build(schema_fixture().client, SPLIT_DEPTH),
+            "malformed_registration": build(registration_request(schema_fixture()), SPLIT_DEPTH),
             "policies": branch({policy: leaf(entry) for policy, entry in entries.items()}),
         }
     )

@@ -16,7 +16,6 @@ import codecs
 import hashlib
 import json
 import re
-import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import load_pem_x509_certificate
 
 from nauthera.errors import InputError, NautheraError
-from nauthera.targets.opa.bundle import read_bundle, write_tarball
+from nauthera.targets.opa.bundle import open_nauthera_bundle, read_bundle, write_tarball
 
 SIGNATURES_FILE = ".signatures.json"
 #: The algorithms OPA accepts for bundle signatures (`v1/keys/keys.go`).
@@ -294,7 +293,7 @@ def signatures_file(
 
 def sign_bundle(bundle: Path, key: bytes, alg: str, key_id: str | None) -> None:
     """Rewrite `bundle` (a .tar.gz) with a fresh `.signatures.json`, reproducibly and atomically."""
-    files = _bundle_entries(bundle)
+    files = read_bundle(bundle)
     files = {name: content for name, content in files.items() if PurePosixPath(name).name != SIGNATURES_FILE}
     files[SIGNATURES_FILE] = signatures_file(files, key, alg, key_id)
     staged = bundle.with_name(f".{bundle.name}.signing")
@@ -331,13 +330,6 @@ def token_header(signatures: bytes) -> dict[str, Any]:
     return header if isinstance(header, dict) else {}
 
 
-def _bundle_entries(bundle: Path) -> dict[str, bytes]:
-    try:
-        return read_bundle(bundle)
-    except (OSError, EOFError, ValueError, tarfile.TarError) as error:
-        raise InputError(f"{bundle}: cannot read the bundle: {error}") from error
-
-
 def verify_bundle(  # noqa: PLR0911 - one early return per OPA refusal reads like OPA's own checks
     bundle: Path,
     key: bytes,
@@ -353,7 +345,7 @@ def verify_bundle(  # noqa: PLR0911 - one early return per OPA refusal reads lik
     HMAC token). `key_id` None accepts any `kid`, like `opa run --verification-key`; a `key_id` must be
     the token's `kid` (or `keyid` claim) when the token names one, like a `keys:` entry in OPA config.
     """
-    files = _bundle_entries(bundle)
+    files = open_nauthera_bundle(bundle).files
     signature_names = [n for n in files if PurePosixPath(n).name == SIGNATURES_FILE]
     if not signature_names:
         return ["bundle missing .signatures.json file"]

@@ -38,7 +38,7 @@ response := {"uid": input.request.uid, "allowed": true} if {
 response := {
 	"uid": input.request.uid,
 	"allowed": decision.allowed,
-	"warnings": [w.message | some w in decision.warnings],
+	"warnings": [labelled(w) | some w in decision.warnings],
 	"status": status,
 } if {
 	governed_request
@@ -48,5 +48,16 @@ status := {"code": 200, "message": "allowed by Nauthera"} if decision.allowed
 
 status := {"code": 403, "reason": "Forbidden", "message": message} if {
 	not decision.allowed
-	message := sprintf("AuthClient denied by Nauthera: %s", [concat("; ", [v.message | some v in decision.violations])])
+	message := sprintf("AuthClient denied by Nauthera: %s", [concat("; ", [labelled(v) | some v in decision.violations])])
+}
+
+# A finding as kubectl shows it: the policy and the field it is about, then its message, e.g.
+# `[security/web-apps-policy allowedGrantTypes] grant type "implicit" is not allowed ...`.
+# Findings of no policy (targets, schema) name only the field.
+labelled(finding) := sprintf("[%s %s] %s", [finding.policy, finding.field, finding.message]) if {
+	is_string(finding.policy)
+}
+
+labelled(finding) := sprintf("[%s] %s", [finding.field, finding.message]) if {
+	not is_string(finding.policy)
 }

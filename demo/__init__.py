@@ -1,0 +1,1 @@
+"""Demos that run the real engines on loopback (`make demo-kubernetes`)."""
