@@ -105,6 +105,7 @@ EXPECTED: dict[str, list[tuple[str, str | None, dict[str, Any]]]] = {
                 "redirectUris": ["com.example.field:/oauth2redirect", "http://127.0.0.1/callback"],
                 "scopes": ["openid", "profile"],
                 "pkce": PKCE_S256,
+                "dpopBoundAccessTokens": True,
             },
         )
     ],
@@ -131,6 +132,7 @@ EXPECTED: dict[str, list[tuple[str, str | None, dict[str, Any]]]] = {
                 "grantTypes": ["client_credentials"],
                 "responseTypes": [],
                 "tokenEndpointAuthMethod": "private_key_jwt",
+                "tokenEndpointAuthSigningAlg": "PS256",
                 "scopes": ["api:orders.read", "api:orders.write"],
                 "pkce": {"required": False, "method": "S256"},
             },
@@ -205,8 +207,28 @@ def test_unknown_members_and_unnamed_clients_are_noted() -> None:
         "member 'example_extension_parameter' is not RFC 7591 or OpenID Connect client metadata; ignored",
     ) in notes
     assert any(code == "unnamed" and "named after its file" in message for _, code, message in notes)
-    # Known members with no AuthClient field yet (dpop_bound_access_tokens) are read silently.
+    # Mapped members (dpop_bound_access_tokens) draw no note.
     assert not any("dpop" in message for _, _, message in notes)
+
+
+def test_section_10_members_map_to_their_fields() -> None:
+    request = {
+        "redirect_uris": ["https://a.example.com/cb"],
+        "dpop_bound_access_tokens": True,
+        "tls_client_certificate_bound_access_tokens": False,
+        "require_pushed_authorization_requests": True,
+        "token_endpoint_auth_signing_alg": "PS256",
+        "id_token_signed_response_alg": "ES256",
+    }
+    assert metadata_spec(request) == {
+        **CONFIDENTIAL_WEB,
+        "redirectUris": ["https://a.example.com/cb"],
+        "dpopBoundAccessTokens": True,
+        "tlsClientCertificateBoundAccessTokens": False,
+        "requirePushedAuthorizationRequests": True,
+        "tokenEndpointAuthSigningAlg": "PS256",
+        "idTokenSignedResponseAlg": "ES256",
+    }
 
 
 def test_rfc_defaults_and_nulls() -> None:

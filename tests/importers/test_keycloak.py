@@ -144,7 +144,14 @@ EXPECTED: dict[Path, dict[str, tuple[str, dict[str, Any]]]] = {
         ),
         "acme/partner-gateway": (
             "partner-gateway",
-            _spec("service", ["client_credentials"], [], "tls_client_auth", scopes=["roles"]),
+            _spec(
+                "service",
+                ["client_credentials"],
+                [],
+                "tls_client_auth",
+                scopes=["roles"],
+                tlsClientCertificateBoundAccessTokens=True,
+            ),
         ),
         "acme/shop-spa": (
             "shop-spa",
@@ -256,6 +263,8 @@ EXPECTED: dict[Path, dict[str, tuple[str, dict[str, Any]]]] = {
                 redirectUris=["https://checkout.payments.example.com/oidc/callback"],
                 scopes=["web-origins", "acr", "profile", "email", "basic", "offline_access"],
                 token={"accessTokenTTL": "5m"},
+                dpopBoundAccessTokens=True,
+                tokenEndpointAuthSigningAlg="PS256",
             ),
         ),
         "payments/merchant-cli": ("merchant-cli", _spec("spa", [DEVICE_CODE], [], "none", scopes=SCOPES_26)),

@@ -35,6 +35,7 @@ CODES: dict[str, CodeInfo] = {
     "schema-enum": CodeInfo("SchemaEnum", "A value is not one the CRD schema allows."),
     "schema-required": CodeInfo("SchemaRequired", "A field the CRD schema requires is missing."),
     "schema-maxItems": CodeInfo("SchemaMaxItems", "A list is longer than the CRD schema allows."),
+    "schema-minItems": CodeInfo("SchemaMinItems", "A list is shorter than the CRD schema allows."),
     "schema-maxLength": CodeInfo("SchemaMaxLength", "A string is longer than the CRD schema allows."),
     "schema-minLength": CodeInfo("SchemaMinLength", "A string is shorter than the CRD schema allows."),
     "schema-pattern": CodeInfo(
@@ -55,6 +56,8 @@ CODES: dict[str, CodeInfo] = {
     ),
     "selector": CodeInfo("InvalidSelector", "A label selector expression is malformed."),
     "host-pattern": CodeInfo("HostPattern", "An allowedHosts entry is not a host name pattern."),
+    "scheme-pattern": CodeInfo("SchemePattern", "An allowedSchemes entry is not a URI scheme glob."),
+    "unknown-baseline": CodeInfo("UnknownBaseline", "A baselines entry names no known baseline."),
     "unsatisfiable": CodeInfo(
         "UnsatisfiablePolicy", "A policy requires something it does not allow, so no client can satisfy it."
     ),

@@ -39,6 +39,12 @@ COPIED_MEMBERS: dict[str, str] = {
     "redirect_uris": "redirectUris",
     "response_types": "responseTypes",
     "token_endpoint_auth_method": "tokenEndpointAuthMethod",
+    # SPEC §10: RFC 9449, RFC 8705, RFC 9126 and OpenID Connect registration members.
+    "dpop_bound_access_tokens": "dpopBoundAccessTokens",
+    "tls_client_certificate_bound_access_tokens": "tlsClientCertificateBoundAccessTokens",
+    "require_pushed_authorization_requests": "requirePushedAuthorizationRequests",
+    "token_endpoint_auth_signing_alg": "tokenEndpointAuthSigningAlg",
+    "id_token_signed_response_alg": "idTokenSignedResponseAlg",
 }
 #: RFC 7591 section 2's defaults for members a request leaves out.
 MEMBER_DEFAULTS: dict[str, Any] = {

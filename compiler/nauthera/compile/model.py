@@ -10,18 +10,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nauthera.compile.baselines import (
+    Constraint,
+    effective_constraints,
+    effective_spec,
+    normalise_response_type,
+)
 from nauthera.compile.diagnostics import Position
 from nauthera.compile.durations import parse_duration_ns
 from nauthera.compile.loading import SourceDocument
-from nauthera.compile.patterns import PatternSet, host_globs, text_globs
+from nauthera.compile.patterns import PatternSet, host_globs, scheme_globs, text_globs
 
 TTL_FIELDS = ("accessTokenTTL", "refreshTokenTTL", "idTokenTTL")
 ENFORCEMENT_ACTIONS = ("deny", "warn", "dryrun")
-
-
-def normalise_response_type(value: str) -> str:
-    """`id_token code` and `code id_token` are the same OAuth response type."""
-    return " ".join(sorted(set(value.split())))
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class RedirectRules:
     allow_loopback: bool
     forbid_wildcards: bool
     allowed_hosts: PatternSet | None
+    allow_private_use_schemes: bool
+    allowed_schemes: PatternSet | None
+    forbid_fragments: bool
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,20 @@ class Policy:
     allowed_response_types: tuple[str, ...] | None
     allowed_auth_methods: tuple[str, ...] | None
     redirects: RedirectRules
+    sender_constrained_tokens: tuple[str, ...] | None
+    require_par: bool
+    allowed_signing_algorithms: tuple[str, ...] | None
+    baselines: tuple[str, ...]
+    #: Every constraint set, after baselines, with where it came from (SPEC order).
+    constraints: tuple[Constraint, ...]
 
     @property
     def id(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def baseline_labels(self) -> dict[str, str]:
+        """Per constraint path that a baseline decides, how its findings name the baseline."""
+        return {c.path: c.baseline_label for c in self.constraints if c.baseline_label is not None}
 
 
 def _strings(value: Any) -> tuple[str, ...] | None:
@@ -100,12 +114,16 @@ def _targets(spec: Mapping[str, Any]) -> Targets:
 
 
 def build_policy(doc: SourceDocument) -> Policy:
-    """Normalise one AuthPolicy that passed validation."""
-    metadata, spec = doc.content["metadata"], doc.content.get("spec") or {}
+    """Normalise one AuthPolicy that passed validation, its baselines merged into its constraints."""
+    metadata, written = doc.content["metadata"], doc.content.get("spec") or {}
+    baselines = tuple(written.get("baselines") or ())
+    constraints = effective_constraints(written, baselines)
+    spec = effective_spec(written, constraints)
     token = spec.get("token") or {}
     redirects = spec.get("redirectUris") or {}
     scopes = _strings(spec.get("allowedScopes"))
     hosts = _strings(redirects.get("allowedHosts"))
+    schemes = _strings(redirects.get("allowedSchemes"))
     response_types = _strings(spec.get("allowedResponseTypes"))
     return Policy(
         namespace=metadata["namespace"],
@@ -131,5 +149,13 @@ def build_policy(doc: SourceDocument) -> Policy:
             allow_loopback=bool(redirects.get("allowLoopback", False)),
             forbid_wildcards=redirects.get("allowWildcards") is False,
             allowed_hosts=None if hosts is None else host_globs(hosts),
+            allow_private_use_schemes=bool(redirects.get("allowPrivateUseSchemes", False)),
+            allowed_schemes=None if schemes is None else scheme_globs(schemes),
+            forbid_fragments=bool(redirects.get("forbidFragments", False)),
         ),
+        sender_constrained_tokens=_strings(spec.get("senderConstrainedTokens")),
+        require_par=bool(spec.get("requirePushedAuthorizationRequests", False)),
+        allowed_signing_algorithms=_strings(spec.get("allowedSigningAlgorithms")),
+        baselines=baselines,
+        constraints=constraints,
     )

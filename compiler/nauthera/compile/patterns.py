@@ -92,6 +92,11 @@ def host_globs(patterns: tuple[str, ...]) -> PatternSet:
     return pattern_set(tuple(p.lower() for p in patterns), _ONE_LABEL)
 
 
+def scheme_globs(patterns: tuple[str, ...]) -> PatternSet:
+    """Private-use URI schemes: matched lower-cased, `*` matches any run of characters, dots included."""
+    return pattern_set(tuple(p.lower() for p in patterns), _ANY_RUN)
+
+
 def literal_prefix(pattern: str) -> str:
     """The part before the first `*`: what an index can look a namespace glob up by."""
     return pattern.split("*", 1)[0]

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nauthera.compile.baselines import BASELINES, CONSTRAINTS, Merge, effective_constraints, effective_spec
 from nauthera.compile.diagnostics import Diagnostic, Level, Position
 from nauthera.compile.durations import DurationError, parse_duration_ns
 from nauthera.compile.kubernetes import DNS_LABEL, DNS_SUBDOMAIN, MAX_NAME, MAX_NAMESPACE
@@ -20,6 +21,8 @@ _HOST_PATTERN = re.compile(
     r"^((\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?)(\.(\*|[a-z0-9_]([-a-z0-9_]*[a-z0-9_])?))*|\[[0-9a-f:.]+\])$"
 )
 _NANOS_PER_HOUR = 3600 * 10**9
+#: A URI scheme (RFC 3986 section 3.1) in which `*` may stand for any run of characters.
+_SCHEME_GLOB = re.compile(r"^[a-z*][a-z0-9+.*-]*$")
 
 
 @dataclass
@@ -159,13 +162,99 @@ def _redirect_diagnostics(doc: SourceDocument, spec: dict[str, Any]) -> Iterator
             yield Diagnostic(
                 problem[0], position, "host-pattern", f"allowedHosts entry {host!r} {problem[1]}"
             )
-    if redirects.get("allowLoopback") and not redirects.get("requireHttps"):
+    effective = effective_spec(spec, effective_constraints(spec, _known_baselines(spec)))
+    relaxes = effective.get("redirectUris") or {}
+    if redirects.get("allowLoopback") and not relaxes.get("requireHttps"):
         yield Diagnostic(
             Level.WARNING,
             doc.key_position(("spec", "redirectUris", "allowLoopback")),
             "no-effect",
             "allowLoopback only relaxes requireHttps, which this policy does not set",
         )
+    if (
+        redirects.get("allowPrivateUseSchemes")
+        and not relaxes.get("requireHttps")
+        and relaxes.get("allowedHosts") is None
+    ):
+        yield Diagnostic(
+            Level.WARNING,
+            doc.key_position(("spec", "redirectUris", "allowPrivateUseSchemes")),
+            "no-effect",
+            "allowPrivateUseSchemes only relaxes requireHttps and allowedHosts, "
+            "which this policy does not set",
+        )
+    for index, scheme in enumerate(redirects.get("allowedSchemes") or ()):
+        position = doc.value_position(("spec", "redirectUris", "allowedSchemes", index))
+        if not _SCHEME_GLOB.match(scheme.lower()):
+            yield Diagnostic(
+                Level.ERROR,
+                position,
+                "scheme-pattern",
+                f"allowedSchemes entry {scheme!r} is not a URI scheme glob: write only the scheme, "
+                "letters, digits, '+', '-', '.' and '*', starting with a letter (like 'com.example.*', "
+                "without ':')",
+            )
+        elif "." not in scheme and "*" not in scheme:
+            yield Diagnostic(
+                Level.WARNING,
+                position,
+                "no-effect",
+                f"allowedSchemes entry {scheme!r} has no '.', so it can never match a private-use scheme "
+                "(RFC 8252 section 7.1); write a reverse domain name such as 'com.example.app'",
+            )
+
+
+def _known_baselines(spec: dict[str, Any]) -> list[str]:
+    return [name for name in spec.get("baselines") or () if name in BASELINES]
+
+
+def _baseline_diagnostics(doc: SourceDocument, spec: dict[str, Any]) -> Iterator[Diagnostic]:
+    """Unknown baseline names, and explicit values a baseline overrides (SPEC §10's no-effect warning)."""
+    known = sorted(BASELINES)
+    for index, name in enumerate(spec.get("baselines") or ()):
+        if name not in BASELINES:
+            yield Diagnostic(
+                Level.ERROR,
+                doc.value_position(("spec", "baselines", index)),
+                "unknown-baseline",
+                f"unknown baseline {name!r} (known: {', '.join(known)}){did_you_mean(str(name), known)}",
+            )
+    try:
+        constraints = effective_constraints(spec, _known_baselines(spec))
+    except DurationError:
+        return  # reported by the duration check
+    for constraint in constraints:
+        overridden = constraint.without_effect()
+        if overridden is None or type(constraint.explicit) is not type(constraint.from_baselines):
+            continue  # a value of the wrong type is the schema's finding
+        by = constraint.baseline_label
+        path = ("spec", *constraint.path.split("."))
+        if isinstance(overridden, tuple):
+            for entry in overridden:
+                index = list(constraint.explicit).index(entry)
+                yield Diagnostic(
+                    Level.WARNING,
+                    doc.value_position((*path, index)),
+                    "no-effect",
+                    f"{constraint.path} entry {entry!r} has no effect: {by} does not allow it, and an "
+                    "explicit field can tighten a baseline but never loosen it",
+                )
+            continue
+        if CONSTRAINTS[constraint.path] is Merge.MAXIMUM:
+            stricter = f"the lower maximum {constraint.value!r}"
+        else:
+            stricter = _shown(constraint.value)
+        yield Diagnostic(
+            Level.WARNING,
+            doc.value_position(path),
+            "no-effect",
+            f"{constraint.path}: {_shown(overridden)} has no effect: {by} sets {stricter}, and an explicit "
+            "field can tighten a baseline but never loosen it",
+        )
+
+
+def _shown(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
 
 
 def _scope_diagnostics(doc: SourceDocument, spec: dict[str, Any]) -> Iterator[Diagnostic]:
@@ -199,6 +288,7 @@ _SEMANTIC_CHECKS = (
     _token_diagnostics,
     _selector_diagnostics,
     _redirect_diagnostics,
+    _baseline_diagnostics,
     _scope_diagnostics,
     _target_diagnostics,
 )
@@ -212,7 +302,7 @@ def semantic_diagnostics(doc: SourceDocument) -> list[Diagnostic]:
     for check in _SEMANTIC_CHECKS:
         try:
             found.extend(check(doc, spec))
-        except (TypeError, AttributeError, KeyError, IndexError):
+        except (TypeError, AttributeError, KeyError, IndexError, DurationError):
             continue
     return found
 

@@ -24,8 +24,8 @@ from nauthera.importers.clients import ImportedClient, ImportResult, recognised
 from nauthera.importers.jsoninput import JsonInput
 from nauthera.importers.naming import namespace_for
 
-#: Members of RFC 7591/7592, OpenID Connect Registration, Session and Logout, RFC 8705, RFC 9126,
-#: RFC 9449, JAR, JARM and CIBA that no AuthClient field describes (yet): read silently. Any other
+#: Members of RFC 7591/7592, OpenID Connect Registration, Session and Logout, RFC 8705, JAR, JARM and
+#: CIBA that no AuthClient field describes (yet): read silently. Any other
 #: member is reported, and ignored as RFC 7591 section 2 asks.
 IGNORED_MEMBERS = frozenset(
     {
@@ -46,12 +46,10 @@ IGNORED_MEMBERS = frozenset(
         "contacts",
         "default_acr_values",
         "default_max_age",
-        "dpop_bound_access_tokens",
         "frontchannel_logout_session_required",
         "frontchannel_logout_uri",
         "id_token_encrypted_response_alg",
         "id_token_encrypted_response_enc",
-        "id_token_signed_response_alg",
         "initiate_login_uri",
         "jwks",
         "jwks_uri",
@@ -65,7 +63,6 @@ IGNORED_MEMBERS = frozenset(
         "request_object_signing_alg",
         "request_uris",
         "require_auth_time",
-        "require_pushed_authorization_requests",
         "require_signed_request_object",
         "sector_identifier_uri",
         "software_id",
@@ -77,8 +74,6 @@ IGNORED_MEMBERS = frozenset(
         "tls_client_auth_san_ip",
         "tls_client_auth_san_uri",
         "tls_client_auth_subject_dn",
-        "tls_client_certificate_bound_access_tokens",
-        "token_endpoint_auth_signing_alg",
         "tos_uri",
         "userinfo_encrypted_response_alg",
         "userinfo_encrypted_response_enc",

@@ -90,8 +90,7 @@ AUTHENTICATORS: dict[str, str] = {
 DEFAULT_AUTHENTICATOR = "client-secret"
 
 #: Attributes Keycloak writes that no AuthClient field describes; read silently. (`saml.*`/`saml_*`
-#: attributes are SAML settings.) Section 10 fields (dpop, mtls-bound tokens, PAR, signing algorithms)
-#: move from here to ATTRIBUTE_FIELDS when the AuthClient gains them.
+#: attributes are SAML settings.)
 IGNORED_ATTRIBUTES = frozenset(
     {
         "access.token.header.type.rfc9068",
@@ -120,7 +119,6 @@ IGNORED_ATTRIBUTES = frozenset(
         "consent.screen.text",
         "default.acr.values",
         "display.on.consent.screen",
-        "dpop.bound.access.tokens",
         "exclude.issuer.from.auth.response",
         "exclude.session.state.from.auth.response",
         "frontchannel.logout.session.required",
@@ -128,7 +126,6 @@ IGNORED_ATTRIBUTES = frozenset(
         "id.token.as.detached.signature",
         "id.token.encrypted.response.alg",
         "id.token.encrypted.response.enc",
-        "id.token.signed.response.alg",
         "jwks.string",
         "jwks.url",
         "jwt.credential.certificate",
@@ -145,9 +142,6 @@ IGNORED_ATTRIBUTES = frozenset(
         "request.object.required",
         "request.object.signature.alg",
         "request.uris",
-        "require.pushed.authorization.requests",
-        "tls.client.certificate.bound.access.tokens",
-        "token.endpoint.auth.signing.alg",
         "token.response.type.bearer.lower-case",
         "tosUri",
         "use.jwks.string",
@@ -335,10 +329,31 @@ def _access_token_lifespan(client: _Client, value: str | None) -> Any:
     return go_duration(seconds)
 
 
-#: Attributes that become spec fields (SPEC §10's dpop/mtls/PAR/signing attributes join here).
+def _switched_on(name: str) -> Callable[[_Client, str | None], Any]:
+    """A boolean attribute read as Keycloak reads it; only `true` is written (false is the default)."""
+    return lambda client, value: (
+        True if value is not None and client.boolean_attribute(name, False) else _OMIT
+    )
+
+
+def _as_written(_client: _Client, value: str | None) -> Any:
+    """Copied unchanged, so the AuthClient schema judges it (an algorithm it does not know fails)."""
+    return _OMIT if value is None else value
+
+
+def _boolean_field(attribute: str, field: str) -> AttributeField:
+    return AttributeField(attribute, (field,), _switched_on(attribute))
+
+
+#: Attributes that become spec fields.
 ATTRIBUTE_FIELDS: tuple[AttributeField, ...] = (
     AttributeField("pkce.code.challenge.method", ("pkce",), _pkce),
     AttributeField("access.token.lifespan", ("token", "accessTokenTTL"), _access_token_lifespan),
+    _boolean_field("dpop.bound.access.tokens", "dpopBoundAccessTokens"),
+    _boolean_field("tls.client.certificate.bound.access.tokens", "tlsClientCertificateBoundAccessTokens"),
+    _boolean_field("require.pushed.authorization.requests", "requirePushedAuthorizationRequests"),
+    AttributeField("token.endpoint.auth.signing.alg", ("tokenEndpointAuthSigningAlg",), _as_written),
+    AttributeField("id.token.signed.response.alg", ("idTokenSignedResponseAlg",), _as_written),
 )
 _READ_ATTRIBUTES = frozenset(
     {

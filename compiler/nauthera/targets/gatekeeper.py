@@ -124,19 +124,30 @@ def policy_parameters_schema() -> dict[str, Any]:
                 "additionalProperties": limit,
             },
             "enforce_pkce": {"type": "boolean"},
+            "require_par": {"type": "boolean"},
             "allowed_grant_types": _strings(),
             "required_scopes": _strings(),
             "allowed_response_types": _strings(),
             "allowed_auth_methods": _strings(),
+            "sender_constrained_tokens": _strings(),
+            "allowed_signing_algorithms": _strings(),
             "allowed_scopes": _pattern_set_schema("allowedScopes"),
             "redirects": _object(
                 {
                     "require_https": {"type": "boolean"},
                     "allow_loopback": {"type": "boolean"},
                     "forbid_wildcards": {"type": "boolean"},
+                    "allow_private_use_schemes": {"type": "boolean"},
+                    "forbid_fragments": {"type": "boolean"},
                     "allowed_hosts": _pattern_set_schema("redirectUris.allowedHosts"),
+                    "allowed_schemes": _pattern_set_schema("redirectUris.allowedSchemes"),
                 }
             ),
+            "baselines": {
+                "type": "object",
+                "description": "Per constraint a baseline decides, how findings name it (baseline oauth2.1).",
+                "additionalProperties": _string(),
+            },
         },
         "One AuthPolicy, as compiled by nauthera (render.policy_parameters).",
     )

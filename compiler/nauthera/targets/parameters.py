@@ -43,10 +43,13 @@ def policy_parameters(policy: Policy) -> dict[str, Any]:
         "targets": _targets(policy),
         "token": {f"token.{t.field}": {"max_ns": t.max_ns, "max": t.max_text} for t in policy.token_limits},
         "enforce_pkce": policy.enforce_pkce,
+        "require_par": policy.require_par,
         "redirects": {
             "require_https": policy.redirects.require_https,
             "allow_loopback": policy.redirects.allow_loopback,
             "forbid_wildcards": policy.redirects.forbid_wildcards,
+            "allow_private_use_schemes": policy.redirects.allow_private_use_schemes,
+            "forbid_fragments": policy.redirects.forbid_fragments,
         },
     }
     optional_lists = {
@@ -54,10 +57,17 @@ def policy_parameters(policy: Policy) -> dict[str, Any]:
         "required_scopes": policy.required_scopes,
         "allowed_response_types": policy.allowed_response_types,
         "allowed_auth_methods": policy.allowed_auth_methods,
+        "sender_constrained_tokens": policy.sender_constrained_tokens,
+        "allowed_signing_algorithms": policy.allowed_signing_algorithms,
     }
     params.update({key: list(value) for key, value in optional_lists.items() if value is not None})
     if policy.allowed_scopes is not None:
         params["allowed_scopes"] = _patterns(policy.allowed_scopes)
     if policy.redirects.allowed_hosts is not None:
         params["redirects"]["allowed_hosts"] = _patterns(policy.redirects.allowed_hosts)
+    if policy.redirects.allowed_schemes is not None:
+        params["redirects"]["allowed_schemes"] = _patterns(policy.redirects.allowed_schemes)
+    if labels := policy.baseline_labels():
+        # How findings name the baseline behind a constraint ("baseline oauth2.1"), by SPEC path.
+        params["baselines"] = labels
     return params
