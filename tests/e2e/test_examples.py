@@ -50,7 +50,32 @@ EXPECTED: dict[
         set(),
         {S + "mobile-spa-policy"},
     ),
+    "native-foreign-scheme.yaml": (
+        False,
+        {
+            (S + "mobile-spa-policy", "redirectUris.allowedHosts"),
+            (S + "mobile-spa-policy", "redirectUris.allowedSchemes"),
+            (S + "mobile-spa-policy", "redirectUris.requireHttps"),
+        },
+        set(),
+        set(),
+        {S + "mobile-spa-policy"},
+    ),
     "native-loopback-ok.yaml": (True, set(), set(), set(), {S + "mobile-spa-policy", S + "prod-baseline"}),
+    "native-private-use-ok.yaml": (True, set(), set(), set(), {S + "mobile-spa-policy", S + "prod-baseline"}),
+    "payments-bearer-tokens.yaml": (
+        False,
+        {
+            (S + "payments-fapi2", "allowedSigningAlgorithms"),
+            (S + "payments-fapi2", "allowedTokenEndpointAuthMethods"),
+            (S + "payments-fapi2", "requirePushedAuthorizationRequests"),
+            (S + "payments-fapi2", "senderConstrainedTokens"),
+        },
+        set(),
+        set(),
+        {S + "payments-fapi2"},
+    ),
+    "payments-fapi2-ok.yaml": (True, set(), set(), set(), {S + "payments-fapi2", S + "prod-baseline"}),
     "payments-mtls-ok.yaml": (
         True,
         set(),

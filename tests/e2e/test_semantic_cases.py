@@ -64,6 +64,11 @@ FIELDS = frozenset(
         "redirectUris.requireHttps",
         "redirectUris.allowWildcards",
         "redirectUris.allowedHosts",
+        "redirectUris.allowedSchemes",
+        "redirectUris.forbidFragments",
+        "senderConstrainedTokens",
+        "requirePushedAuthorizationRequests",
+        "allowedSigningAlgorithms",
         "targets",
         "schema",
     }

@@ -56,7 +56,7 @@ def store(example_bundle: Path, changed_bundle: Path, tmp_path: Path) -> BundleS
 
 def test_diff_names_policies_and_constraints(example_bundle: Path, changed_bundle: Path) -> None:
     result = diff_bundles(example_bundle, changed_bundle).as_json()
-    assert result["summary"] == {"added": 0, "removed": 0, "changed": 2, "unchanged": 5}
+    assert result["summary"] == {"added": 0, "removed": 0, "changed": 2, "unchanged": 6}
     assert result["changed"] == [
         {
             "policy": "security/mobile-spa-policy",
@@ -105,7 +105,7 @@ def test_diff_lists_added_and_removed_policies_with_their_constraints(
     ]
     assert [p["policy"] for p in result["removed"]] == ["security/device-flow-warn"]
     assert result["removed"][0]["constraints"]["enforcementAction"] == "warn"
-    assert result["summary"] == {"added": 1, "removed": 1, "changed": 0, "unchanged": 6}
+    assert result["summary"] == {"added": 1, "removed": 1, "changed": 0, "unchanged": 7}
 
 
 def test_diff_ignores_what_does_not_change_meaning(example_bundle: Path, tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_diff_command_text_json_and_exit_code(store: BundleStore, invoke: Invoke
     text = invoke("bundle", "diff", "stable", "canary", "--store", store.root)
     assert text.exit_code == 0
     assert text.stdout.splitlines()[1:] == [
-        "policies: 0 added, 0 removed, 2 changed, 5 unchanged",
+        "policies: 0 added, 0 removed, 2 changed, 6 unchanged",
         "~ security/mobile-spa-policy",
         "    token.accessTokenTTL: 10m → 5m",
         "    redirectUris.allowedHosts: [*.example.com, 127.0.0.1] → [*.example.com, 127.0.0.1, localhost]"
@@ -146,11 +146,11 @@ def test_impact_on_examples_lists_exactly_the_changed_clients(
     example_bundle: Path, changed_bundle: Path
 ) -> None:
     report = impact(example_bundle, changed_bundle, [CLIENTS])
-    assert len(report.clients) == 12
+    assert len(report.clients) == 16
     assert [c.client for c in report.of("newly_denied")] == ["team-labs/chat-prototype"]
     assert [c.client for c in report.of("newly_allowed")] == ["team-a/reporting-portal"]
     assert [c.client for c in report.of("reasons_changed")] == ["team-b/desktop-sync"]
-    assert len(report.of("unchanged")) == 9
+    assert len(report.of("unchanged")) == 13
     # Cross-check against plain per-bundle decisions: exactly the clients whose decision changed.
     changed = {
         c.client
@@ -172,8 +172,8 @@ def test_impact_command_exit_codes_and_formats(
     assert result.exit_code == 1, "a newly denied client fails the rollout check"
     lines = result.stdout.splitlines()
     assert lines[0] == (
-        "impact of stable → canary on 12 clients: 1 newly denied, 1 newly allowed, "
-        "1 denied for different reasons, 9 unchanged"
+        "impact of stable → canary on 16 clients: 1 newly denied, 1 newly allowed, "
+        "1 denied for different reasons, 13 unchanged"
     )
     assert [line.split(": ", 1)[0] for line in lines if not line.startswith(" ")][1:] == [
         "newly denied",
@@ -186,11 +186,11 @@ def test_impact_command_exit_codes_and_formats(
         ).stdout
     )
     assert as_json["summary"] == {
-        "clients": 12,
+        "clients": 16,
         "newly_denied": 1,
         "newly_allowed": 1,
         "reasons_changed": 1,
-        "unchanged": 9,
+        "unchanged": 13,
     }
     assert [c["client"] for c in as_json["newly_denied"]] == ["team-labs/chat-prototype"]
     backwards = invoke("impact", "--store", store.root, "--from", "canary", "--to", "stable", CLIENTS)

@@ -12,6 +12,7 @@ import click
 
 from nauthera import __version__
 from nauthera.cli.compile import check_command, compile_command, test_command
+from nauthera.cli.explain import explain_command
 from nauthera.cli.importing import import_group
 from nauthera.cli.operator import inventory_command, operator_command
 from nauthera.cli.serve import agents_command, decisions_command, serve_command, sidecar_command
@@ -34,6 +35,7 @@ for _command in (
     compile_command,
     check_command,
     test_command,
+    explain_command,
     import_group,
     bundle_group,
     impact_command,

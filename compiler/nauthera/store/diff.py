@@ -4,7 +4,8 @@ A bundle carries each policy as the compiler's normalised parameters (`data.naut
 module maps them back onto the AuthPolicy fields of the SPEC (`token.accessTokenTTL`, `allowedGrantTypes`,
 `targets.namespaces`, ...) and compares their *effective* values: list order and duplicates do not matter,
 `900s` equals `15m`, an unset boolean is `false`, and `redirectUris.allowWildcards` shows `true` unless
-the policy forbids wildcards.
+the policy forbids wildcards. Baselines are already expanded in the parameters, so a diff shows what a
+baseline change means constraint by constraint.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ FIELDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "redirectUris.allowLoopback": lambda p: bool(_dig(p, "redirects", "allow_loopback")),
     "redirectUris.allowWildcards": lambda p: not _dig(p, "redirects", "forbid_wildcards"),
     "redirectUris.allowedHosts": lambda p: _patterns(_dig(p, "redirects", "allowed_hosts")),
+    "redirectUris.allowPrivateUseSchemes": lambda p: bool(_dig(p, "redirects", "allow_private_use_schemes")),
+    "redirectUris.allowedSchemes": lambda p: _patterns(_dig(p, "redirects", "allowed_schemes")),
+    "redirectUris.forbidFragments": lambda p: bool(_dig(p, "redirects", "forbid_fragments")),
+    "senderConstrainedTokens": lambda p: p.get("sender_constrained_tokens"),
+    "requirePushedAuthorizationRequests": lambda p: bool(p.get("require_par", False)),
+    "allowedSigningAlgorithms": lambda p: p.get("allowed_signing_algorithms"),
 }
 #: Effective values that constrain nothing; a new or removed policy lists only its other fields.
 _NEUTRAL: dict[str, Any] = {
@@ -64,6 +71,9 @@ _NEUTRAL: dict[str, Any] = {
     "redirectUris.requireHttps": False,
     "redirectUris.allowLoopback": False,
     "redirectUris.allowWildcards": True,
+    "redirectUris.allowPrivateUseSchemes": False,
+    "redirectUris.forbidFragments": False,
+    "requirePushedAuthorizationRequests": False,
 }
 
 

@@ -19,6 +19,11 @@ COMPLIANT = "compliant"
 SCHEMA = "schema"
 _NOT_ALLOWED_SCOPE = "nauthera-fixture-not-allowed"
 _NOT_ALLOWED_HOST = "nauthera-fixture.invalid"
+_NOT_ALLOWED_SCHEME = "nauthera-fixture.invalid"
+_PRIVATE_USE_SCHEME = "com.example.app"
+_DEFAULT_ID_TOKEN_ALG = "RS256"
+#: The AuthClient field that binds access tokens with each senderConstrainedTokens method.
+_BINDING_FIELDS = {"dpop": "dpopBoundAccessTokens", "mtls": "tlsClientCertificateBoundAccessTokens"}
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,30 @@ def _host(policy: Policy) -> str:
     return hosts.source[0].replace("*", "app") if hosts else "app.example.com"
 
 
+def _private_use_scheme(policy: Policy) -> str | None:
+    """A private-use scheme the policy's allowedSchemes accept (RFC 8252 7.1), or None if none is found."""
+    schemes = policy.redirects.allowed_schemes
+    candidates = [s.replace("*", "app") for s in schemes.source] if schemes else [_PRIVATE_USE_SCHEME]
+    return next((s for s in candidates if "." in s and s not in ("http", "https")), None)
+
+
+def _exempt_uris(policy: Policy, app_type: str) -> list[str]:
+    """A private-use redirect URI for a native client the policy exempts, so the compliant client shows
+    the exemption holds (it would otherwise break requireHttps or allowedHosts)."""
+    scheme = _private_use_scheme(policy)
+    if app_type != "native" or not policy.redirects.allow_private_use_schemes or scheme is None:
+        return []
+    return [f"{scheme}:/callback"]
+
+
+def _app_type(policy: Policy) -> str:
+    """The targeted type; native where the policy relaxes anything for native clients and allows it."""
+    types = policy.targets.application_types
+    if policy.redirects.allow_private_use_schemes and (types is None or "native" in types):
+        return "native"
+    return types[0] if types else "web"
+
+
 def _first(values: Sequence[str] | None, preferred: str) -> list[str]:
     if values is None or preferred in values:
         return [preferred]
@@ -141,17 +170,20 @@ def compliant_client(policy: Policy) -> dict[str, Any] | None:
     namespace, labels = _namespace(policy), _labels(policy)
     if namespace is None or labels is None or t.application_types == ():
         return None
-    app_type = t.application_types[0] if t.application_types else "web"
+    app_type = _app_type(policy)
     scopes = list(policy.required_scopes or ())
     if policy.allowed_scopes is not None and not all(policy.allowed_scopes.matches(s) for s in scopes):
         return None
     auth_methods = policy.allowed_auth_methods
     if auth_methods == ():
         return None
+    algorithms = policy.allowed_signing_algorithms
+    if algorithms == ():
+        return None
     default_method = "none" if app_type in ("spa", "native") else "client_secret_basic"
     spec: dict[str, Any] = {
         "applicationType": app_type,
-        "redirectUris": [f"https://{_host(policy)}/callback"],
+        "redirectUris": [f"https://{_host(policy)}/callback", *_exempt_uris(policy, app_type)],
         "grantTypes": _first(policy.allowed_grant_types, "authorization_code"),
         "responseTypes": _first(policy.allowed_response_types, "code"),
         "scopes": scopes,
@@ -159,6 +191,13 @@ def compliant_client(policy: Policy) -> dict[str, Any] | None:
         "pkce": {"required": True, "method": "S256"},
         "token": {limit.field: limit.max_text for limit in policy.token_limits},
     }
+    if policy.sender_constrained_tokens:
+        binding = "dpop" if "dpop" in policy.sender_constrained_tokens else "mtls"
+        spec[_BINDING_FIELDS[binding]] = True
+    if policy.require_par:
+        spec["requirePushedAuthorizationRequests"] = True
+    if algorithms is not None and _DEFAULT_ID_TOKEN_ALG not in algorithms:
+        spec["idTokenSignedResponseAlg"] = algorithms[0]
     metadata: dict[str, Any] = {"name": f"fixture-{policy.name}"[:253], "namespace": namespace}
     if labels:
         metadata["labels"] = labels
@@ -197,6 +236,11 @@ def _violations(policy: Policy, base: dict[str, Any]) -> Iterator[tuple[str, dic
         method = _first_missing(_client_enum("spec", "tokenEndpointAuthMethod"), policy.allowed_auth_methods)
         if method:
             yield "allowedTokenEndpointAuthMethods", {"tokenEndpointAuthMethod": method}
+    yield from _redirect_violations(policy)
+    yield from _binding_violations(policy)
+
+
+def _redirect_violations(policy: Policy) -> Iterator[tuple[str, dict[str, Any]]]:
     host = _host(policy)
     if policy.redirects.require_https:
         yield "redirectUris.requireHttps", {"redirectUris": [f"http://{host}/callback"]}
@@ -205,6 +249,28 @@ def _violations(policy: Policy, base: dict[str, Any]) -> Iterator[tuple[str, dic
     hosts = policy.redirects.allowed_hosts
     if hosts is not None and not hosts.matches(_NOT_ALLOWED_HOST):
         yield "redirectUris.allowedHosts", {"redirectUris": [f"https://{_NOT_ALLOWED_HOST}/callback"]}
+    schemes = policy.redirects.allowed_schemes
+    if schemes is not None and not schemes.matches(_NOT_ALLOWED_SCHEME):
+        yield "redirectUris.allowedSchemes", {"redirectUris": [f"{_NOT_ALLOWED_SCHEME}:/callback"]}
+    if policy.redirects.forbid_fragments:
+        yield "redirectUris.forbidFragments", {"redirectUris": [f"https://{host}/callback#fixture"]}
+
+
+def _binding_violations(policy: Policy) -> Iterator[tuple[str, dict[str, Any]]]:
+    """SPEC section 10's token binding, PAR and signing algorithm constraints."""
+    if policy.sender_constrained_tokens:
+        yield "senderConstrainedTokens", dict.fromkeys(_BINDING_FIELDS.values(), False)
+    if policy.require_par:
+        yield (
+            "requirePushedAuthorizationRequests",
+            {"grantTypes": ["authorization_code"], "requirePushedAuthorizationRequests": False},
+        )
+    if policy.allowed_signing_algorithms is not None:
+        algorithm = _first_missing(
+            _client_enum("spec", "idTokenSignedResponseAlg"), policy.allowed_signing_algorithms
+        )
+        if algorithm:
+            yield "allowedSigningAlgorithms", {"idTokenSignedResponseAlg": algorithm}
 
 
 def policy_fixture_set(policy: Policy) -> PolicyFixtures | None:

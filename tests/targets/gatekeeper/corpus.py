@@ -5,7 +5,10 @@ AuthClient documents (some malformed on purpose). Values are drawn from small po
 every SPEC §2 rule and the edges of each one: TTLs (including invalid durations), grant types,
 PKCE, scope globs with dots, required scopes, response types (order and repeats), auth methods
 and their per-type defaults, https/loopback/native, wildcards, one-label host globs, upper-case
-hosts, and strings that YAML readers type differently (`y`, `0o17`). Targets cover every
+hosts, and strings that YAML readers type differently (`y`, `0o17`); and SPEC §10: private-use
+schemes (with and without a `.`, upper-case, without a `/`) for native and other clients, scheme
+globs, fragments, DPoP/mTLS binding, PAR, signing algorithms, and both baselines alone and with
+explicit fields that tighten or (with a no-effect warning) try to loosen them. Targets cover every
 dimension, including namespace globs Gatekeeper's `match` cannot express (`*` in the middle or at
 the start), excluded namespaces, matchLabels, every matchExpressions operator, and label
 selectors that are not valid Kubernetes selectors.
@@ -150,6 +153,12 @@ REDIRECT_URIS = [
     "https://*.example.com/callback",
     "https://shop.example.com/*",
     "com.example.app:/oauth2redirect",
+    "COM.Example.App:/cb",
+    "com.example.app:callback",
+    "com.evil.app:/cb",
+    "myapp:/callback",
+    "https://shop.example.com/callback#frag",
+    "com.example.app:/cb#",
     "urn:ietf:wg:oauth:2.0:oob",
     "not a uri",
     "http://127.0.0.1.evil.example/cb",
@@ -192,6 +201,14 @@ LABEL_VALUES = ["prod", "dev", "staging", "test", "web", "a-b", "true", "y", "1e
 ODD_LABEL_VALUES = ["has space", "-dash", "a/b"]
 OPERATORS = ["In", "NotIn", "Exists", "DoesNotExist"]
 ACTIONS = ["deny", "deny", "warn", "dryrun", None]
+SCHEME_PATTERNS = ["com.example.*", "com.example.app", "COM.EXAMPLE.*", "*.app", "org.*", "*"]
+#: SPEC §10's JWS algorithms.
+SIGNING_ALGORITHMS = [
+    *(f"{family}{bits}" for family in ("RS", "PS", "ES") for bits in (256, 384, 512)),
+    "EdDSA",
+    *(f"HS{bits}" for bits in (256, 384, 512)),
+]
+BASELINES = [["oauth2.1"], ["fapi2-security"], ["oauth2.1", "fapi2-security"]]
 
 
 def _maybe(rng: random.Random, probability: float = 0.5) -> bool:
@@ -255,17 +272,40 @@ def _policy_spec(rng: random.Random) -> dict[str, Any]:
     if _maybe(rng, 0.4):
         spec["allowedTokenEndpointAuthMethods"] = _subset(rng, AUTH_METHODS, 0, 3)
     if _maybe(rng, 0.6):
-        redirects: dict[str, Any] = {}
-        if _maybe(rng, 0.7):
-            redirects["requireHttps"] = _maybe(rng, 0.8)
-        if redirects.get("requireHttps") and _maybe(rng, 0.6):
-            redirects["allowLoopback"] = _maybe(rng, 0.8)
-        if _maybe(rng, 0.6):
-            redirects["allowWildcards"] = _maybe(rng, 0.3)
-        if _maybe(rng, 0.5):
-            redirects["allowedHosts"] = _subset(rng, HOST_PATTERNS, 1, 3)
-        spec["redirectUris"] = redirects
+        spec["redirectUris"] = _redirects(rng)
+    _section_10(rng, spec)
     return spec
+
+
+def _redirects(rng: random.Random) -> dict[str, Any]:
+    redirects: dict[str, Any] = {}
+    if _maybe(rng, 0.7):
+        redirects["requireHttps"] = _maybe(rng, 0.8)
+    if redirects.get("requireHttps") and _maybe(rng, 0.6):
+        redirects["allowLoopback"] = _maybe(rng, 0.8)
+    if _maybe(rng, 0.6):
+        redirects["allowWildcards"] = _maybe(rng, 0.3)
+    if _maybe(rng, 0.5):
+        redirects["allowedHosts"] = _subset(rng, HOST_PATTERNS, 1, 3)
+    if _maybe(rng, 0.4):
+        redirects["allowPrivateUseSchemes"] = _maybe(rng, 0.8)
+    if _maybe(rng, 0.3):
+        redirects["allowedSchemes"] = _subset(rng, SCHEME_PATTERNS, 0, 2)
+    if _maybe(rng, 0.3):
+        redirects["forbidFragments"] = _maybe(rng, 0.8)
+    return redirects
+
+
+def _section_10(rng: random.Random, spec: dict[str, Any]) -> None:
+    """SPEC §10's token binding, PAR, signing algorithms and baselines."""
+    if _maybe(rng, 0.3):
+        spec["senderConstrainedTokens"] = _subset(rng, ["dpop", "mtls"], 1, 2)
+    if _maybe(rng, 0.3):
+        spec["requirePushedAuthorizationRequests"] = _maybe(rng, 0.8)
+    if _maybe(rng, 0.3):
+        spec["allowedSigningAlgorithms"] = _subset(rng, SIGNING_ALGORITHMS, 0, 4)
+    if _maybe(rng, 0.3):
+        spec["baselines"] = list(rng.choice(BASELINES))
 
 
 def policy_set(rng: random.Random, index: int) -> list[dict[str, Any]]:
@@ -376,13 +416,23 @@ def _client_spec(rng: random.Random) -> dict[str, Any]:
         spec["pkce"] = pkce
     if _maybe(rng, 0.7):
         spec["token"] = {f: rng.choice(CLIENT_DURATIONS) for f in _subset(rng, TTL_FIELDS, 1)}
+    for binding in (
+        "dpopBoundAccessTokens",
+        "tlsClientCertificateBoundAccessTokens",
+        "requirePushedAuthorizationRequests",
+    ):
+        if _maybe(rng, 0.3):
+            spec[binding] = _maybe(rng, 0.6)
+    for algorithm in ("idTokenSignedResponseAlg", "tokenEndpointAuthSigningAlg"):
+        if _maybe(rng, 0.35):
+            spec[algorithm] = rng.choice(SIGNING_ALGORITHMS)
     return spec
 
 
 def _break(rng: random.Random, client: dict[str, Any]) -> None:
     """Make a client violate its schema in one of the ways the SPEC names (and a few more)."""
     spec = client.setdefault("spec", {})
-    kind = rng.randrange(12)
+    kind = rng.randrange(14)
     if kind == 0:
         del client["spec"]
     elif kind == 1:
@@ -403,6 +453,10 @@ def _break(rng: random.Random, client: dict[str, Any]) -> None:
         client["metadata"]["labels"] = {"tier": 5}
     elif kind == 9:
         spec["responseTypes"] = ["code  token"]
+    elif kind == 11:
+        spec["idTokenSignedResponseAlg"] = "none"
+    elif kind == 12:
+        spec["dpopBoundAccessTokens"] = "true"
     elif kind == 10:
         spec["redirectUris"] = ["https://a.example.com/cb", "https://a.example.com/cb"]
     else:

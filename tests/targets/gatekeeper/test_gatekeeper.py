@@ -662,6 +662,11 @@ def test_gatekeeper_and_opa_decide_identically_on_a_generated_corpus(tmp_path: P
         "redirectUris.requireHttps",
         "redirectUris.allowWildcards",
         "redirectUris.allowedHosts",
+        "redirectUris.allowedSchemes",
+        "redirectUris.forbidFragments",
+        "senderConstrainedTokens",
+        "requirePushedAuthorizationRequests",
+        "allowedSigningAlgorithms",
     }
     for action in ACTIONS:
         missing = {f for f in rule_fields if not entries.get((action, f))}
