@@ -541,6 +541,32 @@ def test_pkce_attribute(tmp_path: Path, method: str, pkce: dict[str, Any], noted
     assert ("attribute-value" in _codes(output)) is noted
 
 
+def test_section_10_attributes(tmp_path: Path) -> None:
+    attributes = {
+        "dpop.bound.access.tokens": "TRUE",
+        "tls.client.certificate.bound.access.tokens": "false",
+        "require.pushed.authorization.requests": "true",
+        "token.endpoint.auth.signing.alg": "ES256",
+        "id.token.signed.response.alg": "",
+    }
+    spec, output = _one(tmp_path, {"attributes": attributes})
+    assert spec == {
+        **_spec("web", CODE_REFRESH, ["code"], "client_secret_basic"),
+        "dpopBoundAccessTokens": True,
+        "requirePushedAuthorizationRequests": True,
+        "tokenEndpointAuthSigningAlg": "ES256",
+    }, "false and empty attributes leave the AuthClient defaults"
+    assert _codes(output) == []
+
+
+def test_a_signing_algorithm_the_authclient_does_not_know_keeps_the_client_out(tmp_path: Path) -> None:
+    output = _import(
+        _realm(tmp_path, [{"clientId": "app", "attributes": {"id.token.signed.response.alg": "none"}}])
+    )
+    assert output.documents == []
+    assert _codes(output, Level.ERROR) == ["not-importable"]
+
+
 @pytest.mark.parametrize(
     ("authenticator", "method"),
     [
