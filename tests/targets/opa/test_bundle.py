@@ -67,7 +67,7 @@ def test_manifest_declares_roots_revision_and_source(cli: Cli, tmp_path: Path) -
     assert manifest["rego_version"] == 1
     metadata = manifest["metadata"]
     assert isinstance(metadata, dict)
-    assert metadata["nauthera"]["policies"] == 7
+    assert metadata["nauthera"]["policies"] == 8
     assert metadata["nauthera"]["git"] == {"commit": commit, "dirty": False}
     assert str(metadata["nauthera"]["compiler"]).startswith("nauthera ")
 

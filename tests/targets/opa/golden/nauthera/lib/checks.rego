@@ -14,6 +14,9 @@ uri_pattern := concat("", [
 	`([/?#](?s:.*))?$`, # path, query and fragment
 ])
 
+# Any URI's scheme, also of URIs the pattern above cannot split (`com.example.app:callback`).
+scheme_pattern := `^([A-Za-z][A-Za-z0-9+.\-]*):`
+
 ttl_names := {
 	"token.accessTokenTTL": "access token TTL",
 	"token.refreshTokenTTL": "refresh token TTL",
@@ -58,6 +61,13 @@ client_view(document) := {
 	"pkce_method": object.get(spec, ["pkce", "method"], "S256"),
 	"redirect_uris": object.get(spec, "redirectUris", []),
 	"token": object.get(spec, "token", {}),
+	"dpop": object.get(spec, "dpopBoundAccessTokens", false),
+	"mtls": object.get(spec, "tlsClientCertificateBoundAccessTokens", false),
+	"par": object.get(spec, "requirePushedAuthorizationRequests", false),
+	"signing_algs": object.union(
+		{"idTokenSignedResponseAlg": object.get(spec, "idTokenSignedResponseAlg", "RS256")},
+		object.filter(spec, ["tokenEndpointAuthSigningAlg"]),
+	),
 } if {
 	spec := document.spec
 	app_type := object.get(spec, "applicationType", "web")
@@ -130,7 +140,17 @@ findings(p, c) := union({
 	https_findings(p, c),
 	wildcard_findings(p, c),
 	host_findings(p, c),
+	scheme_findings(p, c),
+	fragment_findings(p, c),
+	sender_constraint_findings(p, c),
+	par_findings(p, c),
+	signing_alg_findings(p, c),
 })
+
+# Who a finding blames: the policy, and the baselines when they decided the constraint (SPEC §10).
+by(p, field) := sprintf("%s (%s)", [p.id, p.baselines[field]]) if {
+	p.baselines[field]
+} else := p.id
 
 listing(values) := concat(", ", values) if count(values) > 0
 
@@ -141,7 +161,7 @@ duration_ns(text) := time.parse_duration_ns(text) if regex.match(go_duration_pat
 ttl_findings(p, c) := {{"field": field, "message": msg} |
 	some field, limit in p.token
 	requested := c.token[trim_prefix(field, "token.")]
-	msg := ttl_message(p.id, ttl_names[field], limit, requested)
+	msg := ttl_message(by(p, field), ttl_names[field], limit, requested)
 }
 
 ttl_message(policy, name, limit, requested) := msg if {
@@ -166,7 +186,10 @@ grant_type_findings(p, c) := {{"field": "allowedGrantTypes", "message": msg} |
 	allowed := p.allowed_grant_types
 	some grant in c.grant_types
 	not grant in allowed
-	msg := sprintf("grant type %q is not allowed by %s (allowed: %s)", [grant, p.id, listing(allowed)])
+	msg := sprintf(
+		"grant type %q is not allowed by %s (allowed: %s)",
+		[grant, by(p, "allowedGrantTypes"), listing(allowed)],
+	)
 }
 
 pkce_findings(p, c) := {{"field": "enforcePKCE", "message": msg} |
@@ -175,7 +198,7 @@ pkce_findings(p, c) := {{"field": "enforcePKCE", "message": msg} |
 	not pkce_s256(c)
 	msg := sprintf(
 		"%s requires PKCE with method S256 for the authorization_code grant (client has pkce.required: %v, pkce.method: %v)",
-		[p.id, c.pkce_required, c.pkce_method],
+		[by(p, "enforcePKCE"), c.pkce_required, c.pkce_method],
 	)
 }
 
@@ -201,7 +224,10 @@ response_type_findings(p, c) := {{"field": "allowedResponseTypes", "message": ms
 	allowed := p.allowed_response_types
 	some response_type in c.response_types
 	not response_type in allowed
-	msg := sprintf("response type %q is not allowed by %s (allowed: %s)", [response_type, p.id, listing(allowed)])
+	msg := sprintf(
+		"response type %q is not allowed by %s (allowed: %s)",
+		[response_type, by(p, "allowedResponseTypes"), listing(allowed)],
+	)
 }
 
 auth_method_findings(p, c) := {{"field": "allowedTokenEndpointAuthMethods", "message": msg} |
@@ -209,7 +235,7 @@ auth_method_findings(p, c) := {{"field": "allowedTokenEndpointAuthMethods", "mes
 	not c.auth_method in allowed
 	msg := sprintf(
 		"token endpoint auth method %q is not allowed by %s (allowed: %s)",
-		[c.auth_method, p.id, listing(allowed)],
+		[c.auth_method, by(p, "allowedTokenEndpointAuthMethods"), listing(allowed)],
 	)
 }
 
@@ -233,8 +259,35 @@ https_findings(p, c) := {{"field": "redirectUris.requireHttps", "message": msg} 
 	some uri in c.redirect_uris
 	uri_scheme(uri) != "https"
 	not loopback_exempt(p, c, uri)
-	msg := sprintf("redirect URI %q must use https, as %s requires%s", [uri, p.id, loopback_hint(p, c)])
+	not private_use_exempt(p, c, uri)
+	msg := sprintf(
+		"redirect URI %q must use https, as %s requires%s",
+		[uri, by(p, "redirectUris.requireHttps"), https_hint(p, c, uri)],
+	)
 }
+
+# A reverse-domain scheme of RFC 8252 section 7.1: its shape alone decides (a "." in it, not http(s)).
+private_use_scheme(uri) := scheme if {
+	[_, written] := regex.find_all_string_submatch_n(scheme_pattern, uri, 1)[0]
+	scheme := lower(written)
+	contains(scheme, ".")
+	not scheme in {"http", "https"}
+}
+
+private_use_exempt(p, c, uri) if {
+	p.redirects.allow_private_use_schemes == true
+	c.type == "native"
+	private_use_scheme(uri)
+}
+
+https_hint(p, c, uri) := " (only native clients may use private-use schemes)" if {
+	p.redirects.allow_private_use_schemes == true
+	private_use_scheme(uri)
+} else := " (a private-use scheme needs a \".\", like com.example.app:/callback)" if {
+	p.redirects.allow_private_use_schemes == true
+	c.type == "native"
+	not uri_scheme(uri) in {"http", "https", ""}
+} else := loopback_hint(p, c)
 
 loopback_hint(p, c) := " (only native clients may use http://127.0.0.1 or http://[::1])" if {
 	p.redirects.allow_loopback == true
@@ -247,16 +300,85 @@ wildcard_findings(p, c) := {{"field": "redirectUris.allowWildcards", "message": 
 	p.redirects.forbid_wildcards == true
 	some uri in c.redirect_uris
 	contains(uri, "*")
-	msg := sprintf("redirect URI %q contains a wildcard (*), which %s does not allow", [uri, p.id])
+	msg := sprintf(
+		"redirect URI %q contains a wildcard (*), which %s does not allow",
+		[uri, by(p, "redirectUris.allowWildcards")],
+	)
 }
 
 host_findings(p, c) := {{"field": "redirectUris.allowedHosts", "message": msg} |
 	allowed := p.redirects.allowed_hosts
 	some uri in c.redirect_uris
+	not private_use_exempt(p, c, uri)
 	host := uri_host(uri)
 	not matches_any(allowed, host)
 	msg := sprintf(
 		"redirect URI %q has host %q, which is not allowed by %s (allowed: %s)",
 		[uri, host, p.id, listing(allowed.patterns)],
+	)
+}
+
+scheme_findings(p, c) := {{"field": "redirectUris.allowedSchemes", "message": msg} |
+	allowed := p.redirects.allowed_schemes
+	some uri in c.redirect_uris
+	scheme := private_use_scheme(uri)
+	not matches_any(allowed, scheme)
+	msg := sprintf(
+		"redirect URI %q has the private-use scheme %q, which is not allowed by %s (allowed: %s)",
+		[uri, scheme, by(p, "redirectUris.allowedSchemes"), listing(allowed.patterns)],
+	)
+}
+
+fragment_findings(p, c) := {{"field": "redirectUris.forbidFragments", "message": msg} |
+	p.redirects.forbid_fragments == true
+	some uri in c.redirect_uris
+	contains(uri, "#")
+	msg := sprintf(
+		"redirect URI %q contains a fragment (#), which %s does not allow (RFC 6749 section 3.1.2)",
+		[uri, by(p, "redirectUris.forbidFragments")],
+	)
+}
+
+sender_constraint_names := {
+	"dpop": "dpop (dpopBoundAccessTokens: true)",
+	"mtls": "mtls (tlsClientCertificateBoundAccessTokens: true)",
+}
+
+sender_constrained(allowed, c) if {
+	"dpop" in allowed
+	c.dpop == true
+}
+
+sender_constrained(allowed, c) if {
+	"mtls" in allowed
+	c.mtls == true
+}
+
+sender_constraint_findings(p, c) := {{"field": "senderConstrainedTokens", "message": msg} |
+	allowed := p.sender_constrained_tokens
+	not sender_constrained(allowed, c)
+	msg := sprintf(
+		"%s requires sender-constrained access tokens (allowed: %s); the client binds none of them",
+		[by(p, "senderConstrainedTokens"), listing([sender_constraint_names[name] | some name in allowed])],
+	)
+}
+
+par_findings(p, c) := {{"field": "requirePushedAuthorizationRequests", "message": msg} |
+	p.require_par == true
+	"authorization_code" in c.grant_types
+	c.par != true
+	msg := sprintf(
+		"%s requires pushed authorization requests (RFC 9126) for authorization_code: set %s",
+		[by(p, "requirePushedAuthorizationRequests"), "requirePushedAuthorizationRequests: true"],
+	)
+}
+
+signing_alg_findings(p, c) := {{"field": "allowedSigningAlgorithms", "message": msg} |
+	allowed := p.allowed_signing_algorithms
+	some member, alg in c.signing_algs
+	not alg in allowed
+	msg := sprintf(
+		"%s %q is not allowed by %s (allowed: %s)",
+		[member, alg, by(p, "allowedSigningAlgorithms"), listing(allowed)],
 	)
 }

@@ -27,7 +27,7 @@ name_fallback_prefix := "client"
 namespace_fallback_prefix := "ns"
 
 # regal ignore:line-length
-copied_members := {"client_name": "displayName", "grant_types": "grantTypes", "redirect_uris": "redirectUris", "response_types": "responseTypes", "token_endpoint_auth_method": "tokenEndpointAuthMethod"}
+copied_members := {"client_name": "displayName", "dpop_bound_access_tokens": "dpopBoundAccessTokens", "grant_types": "grantTypes", "id_token_signed_response_alg": "idTokenSignedResponseAlg", "redirect_uris": "redirectUris", "require_pushed_authorization_requests": "requirePushedAuthorizationRequests", "response_types": "responseTypes", "tls_client_certificate_bound_access_tokens": "tlsClientCertificateBoundAccessTokens", "token_endpoint_auth_method": "tokenEndpointAuthMethod", "token_endpoint_auth_signing_alg": "tokenEndpointAuthSigningAlg"}
 
 # regal ignore:line-length
 member_defaults := {"grant_types": ["authorization_code"], "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}
