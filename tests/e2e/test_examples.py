@@ -52,11 +52,7 @@ EXPECTED: dict[
     ),
     "native-foreign-scheme.yaml": (
         False,
-        {
-            (S + "mobile-spa-policy", "redirectUris.allowedHosts"),
-            (S + "mobile-spa-policy", "redirectUris.allowedSchemes"),
-            (S + "mobile-spa-policy", "redirectUris.requireHttps"),
-        },
+        {(S + "mobile-spa-policy", "redirectUris.allowedSchemes")},
         set(),
         set(),
         {S + "mobile-spa-policy"},

@@ -140,6 +140,33 @@ def test_violations_outside_redirect_uris_are_invalid_client_metadata(opa_url: s
     )
 
 
+def test_a_fapi2_registration_names_the_baseline(opa_url: str) -> None:
+    """SPEC §10's members reach the decision: the payments namespace is under fapi2-security."""
+    metadata = {
+        "client_name": "Checkout",
+        "redirect_uris": ["https://checkout.pay.example.com/cb"],
+        "grant_types": ["authorization_code"],
+        "token_endpoint_auth_method": "private_key_jwt",
+        "token_endpoint_auth_signing_alg": "PS256",
+        "id_token_signed_response_alg": "ES256",
+        "dpop_bound_access_tokens": True,
+        "require_pushed_authorization_requests": True,
+        "require_pkce": True,
+        "scope": "openid",
+    }
+    allowed = _register(opa_url, _request(metadata, namespace="payments"))
+    assert allowed["allowed"] is True, allowed
+    denied = _register(
+        opa_url, _request({**metadata, "dpop_bound_access_tokens": False}, namespace="payments")
+    )
+    assert [v["field"] for v in denied["violations"]] == ["senderConstrainedTokens"]
+    assert denied["registration_error"]["error"] == "invalid_client_metadata"
+    assert (
+        "security/payments-fapi2 (baseline fapi2-security)"
+        in denied["registration_error"]["error_description"]
+    )
+
+
 def test_an_ungoverned_registration_fails_closed(opa_url: str) -> None:
     denied = _register(opa_url, _request({"client_name": "Wiki"}, namespace="Other Team"))
     assert denied["violations"] == [
@@ -243,6 +270,8 @@ def _random_metadata(rng: random.Random) -> dict[str, Any]:
         "http://[::1]/cb",
         "http://localhost/cb",
         "com.example.app:/cb",
+        "com.example.app:/cb#fragment",
+        "myapp:/cb",
         "urn:ietf:wg:oauth:2.0:oob",
         "/relative",
         "HTTPS://APP.EXAMPLE.COM/cb",
@@ -260,6 +289,11 @@ def _random_metadata(rng: random.Random) -> dict[str, Any]:
         "scope": ["openid profile", " openid  openid email ", "", ["openid"], None, "api:read"],
         "require_pkce": [True, False, "true", None],
         "code_challenge_method": ["S256", "plain", "s256", None],
+        "dpop_bound_access_tokens": [True, False, "true", None],
+        "tls_client_certificate_bound_access_tokens": [True, False, None],
+        "require_pushed_authorization_requests": [True, False, None, 1],
+        "token_endpoint_auth_signing_alg": ["PS256", "ES256", "none", None],
+        "id_token_signed_response_alg": ["RS256", "EdDSA", "HS256", "ES257", None],
         "logo_uri": ["https://app.example.com/logo.png"],
         "example_extension_parameter": ["x"],
     }

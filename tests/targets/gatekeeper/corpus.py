@@ -201,7 +201,7 @@ LABEL_VALUES = ["prod", "dev", "staging", "test", "web", "a-b", "true", "y", "1e
 ODD_LABEL_VALUES = ["has space", "-dash", "a/b"]
 OPERATORS = ["In", "NotIn", "Exists", "DoesNotExist"]
 ACTIONS = ["deny", "deny", "warn", "dryrun", None]
-SCHEME_PATTERNS = ["com.example.*", "com.example.app", "COM.EXAMPLE.*", "*.app", "org.*", "*"]
+SCHEME_PATTERNS = ["com.example.*", "com.example.app", "COM.EXAMPLE.*", "*.app", "org.*", "net.*.app"]
 #: SPEC §10's JWS algorithms.
 SIGNING_ALGORITHMS = [
     *(f"{family}{bits}" for family in ("RS", "PS", "ES") for bits in (256, 384, 512)),
@@ -289,7 +289,7 @@ def _redirects(rng: random.Random) -> dict[str, Any]:
         redirects["allowedHosts"] = _subset(rng, HOST_PATTERNS, 1, 3)
     if _maybe(rng, 0.4):
         redirects["allowPrivateUseSchemes"] = _maybe(rng, 0.8)
-    if _maybe(rng, 0.3):
+    if _maybe(rng, 0.45):
         redirects["allowedSchemes"] = _subset(rng, SCHEME_PATTERNS, 0, 2)
     if _maybe(rng, 0.3):
         redirects["forbidFragments"] = _maybe(rng, 0.8)

@@ -103,7 +103,7 @@ def test_gator_verify_passes_on_the_examples(examples_build: Path) -> None:
     run = _tool("gator", "verify", "tests/gatekeeper/...", cwd=examples_build)
     assert run.returncode == 0, run.stdout + run.stderr
     suites = sorted(examples_build.glob("tests/gatekeeper/*/suite.yaml"))
-    assert len(suites) == 8  # seven policies and the schema/fail-closed suite
+    assert len(suites) == 9  # eight policies and the schema/fail-closed suite
     assert run.stdout.count("\nok\t") + run.stdout.startswith("ok\t") == len(suites), run.stdout
 
 
@@ -245,7 +245,7 @@ def test_gatekeeper_folder_holds_only_objects_to_apply(examples_build: Path) -> 
     kinds = [(d["apiVersion"], d["kind"]) for d in _load_all_dir(examples_build / "gatekeeper")]
     assert sorted(kinds) == sorted(
         [("templates.gatekeeper.sh/v1", "ConstraintTemplate")] * 2
-        + [("constraints.gatekeeper.sh/v1beta1", POLICY_KIND)] * 7
+        + [("constraints.gatekeeper.sh/v1beta1", POLICY_KIND)] * 8
         + [("constraints.gatekeeper.sh/v1beta1", GOVERNED_KIND)]
     )
     assert {p.parent.name for p in (examples_build / "gatekeeper").rglob("*.yaml")} == {
