@@ -156,6 +156,8 @@ REDIRECT_URIS = [
     "COM.Example.App:/cb",
     "com.example.app:callback",
     "com.evil.app:/cb",
+    "net.partner.scanner:/oauth2redirect",
+    "org.other:/cb",
     "myapp:/callback",
     "https://shop.example.com/callback#frag",
     "com.example.app:/cb#",
