@@ -137,6 +137,41 @@ def test_gator_verify_cases_cover_every_fixture(examples_build: Path) -> None:
         assert (examples_build / "tests/gatekeeper/security-web-apps-policy" / case["object"]).is_file()
 
 
+def test_baseline_and_section_10_constraints_get_their_fixtures(examples_build: Path) -> None:
+    """Every constraint a baseline brings has its violating client, as the explicit ones do (SPEC §10)."""
+
+    def names(suite: str) -> set[str]:
+        loaded = yaml.safe_load((examples_build / f"tests/gatekeeper/{suite}/suite.yaml").read_text())
+        return {c["name"] for c in loaded["tests"][0]["cases"]}
+
+    assert names("security-payments-fapi2") == {
+        "compliant",
+        "violates-token-accesstokenttl",
+        "violates-token-refreshtokenttl",
+        "violates-allowedgranttypes",
+        "violates-enforcepkce",
+        "violates-allowedscopes",
+        "violates-allowedresponsetypes",
+        "violates-allowedtokenendpointauthmethods",
+        "violates-redirecturis-requirehttps",
+        "violates-redirecturis-allowwildcards",
+        "violates-redirecturis-allowedhosts",
+        "violates-redirecturis-forbidfragments",
+        "violates-senderconstrainedtokens",
+        "violates-requirepushedauthorizationrequests",
+        "violates-allowedsigningalgorithms",
+    }
+    mobile = names("security-mobile-spa-policy")
+    assert {"violates-redirecturis-allowedschemes", "violates-redirecturis-forbidfragments"} <= mobile
+    compliant = yaml.safe_load(
+        (
+            examples_build / "tests/gatekeeper/security-mobile-spa-policy/samples/example_allowed.yaml"
+        ).read_text()
+    )
+    assert compliant["spec"]["applicationType"] == "native"
+    assert "com.example.app:/callback" in compliant["spec"]["redirectUris"], "the exemption is tested"
+
+
 def test_gator_test_on_the_examples_gives_the_opa_decisions(examples_build: Path, cli: Cli) -> None:
     checked = cli(
         "check", "--bundle", examples_build / "bundle.tar.gz", EXAMPLES / "clients", "--format", "json"
