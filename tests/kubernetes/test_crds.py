@@ -46,7 +46,8 @@ def test_applying_the_crds_again_changes_nothing(cluster: ControlPlane) -> None:
 
 def test_kubectl_explain_describes_redirect_uris(cluster: ControlPlane) -> None:
     explained = cluster.kubectl("explain", "authpolicy.spec.redirectUris").stdout
-    for field in ("requireHttps", "allowLoopback", "allowWildcards", "allowedHosts"):
+    fields = ("requireHttps", "allowLoopback", "allowWildcards", "allowedHosts", "allowPrivateUseSchemes")
+    for field in (*fields, "allowedSchemes", "forbidFragments"):
         assert f"  {field}\t<" in explained, explained
     # What a policy author needs to know without opening the SPEC: the exemption and the host globs.
     text = " ".join(explained.split())  # kubectl wraps descriptions at 80 columns
@@ -55,6 +56,11 @@ def test_kubectl_explain_describes_redirect_uris(cluster: ControlPlane) -> None:
         in text
     )
     assert '"*" matches exactly one label (*.example.com matches shop.example.com, not example.com' in text
+    assert 'A scheme without a "." (myapp:) is never private-use.' in text
+    baselines = " ".join(cluster.kubectl("explain", "authpolicy.spec.baselines").stdout.split())
+    assert "fapi2-security (FAPI 2.0 Security Profile: all of oauth2.1" in baselines
+    binding = " ".join(cluster.kubectl("explain", "authclient.spec.dpopBoundAccessTokens").stdout.split())
+    assert "bound to a DPoP key (RFC 9449)" in binding
     conditions = " ".join(cluster.kubectl("explain", "authclient.status.conditions").stdout.split())
     assert "reason PolicyViolation (a deny finding), Ungoverned" in conditions
 
