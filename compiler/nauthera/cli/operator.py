@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from nauthera.kube.inventory import Inventory
     from nauthera.kube.leader import LeaderElector
     from nauthera.kube.reconcile import Operator
+    from nauthera.store.base import BundleStore
 
 ENFORCE = ("opa", "gatekeeper", "both")
 _kubeconfig_option = click.option(
@@ -58,7 +59,7 @@ def operator_command(
     kubeconfig: Path | None,
     policies: str,
     enforce: str,
-    store_dir: Path,
+    store: BundleStore,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -88,7 +89,7 @@ def operator_command(
                 f"{policies!r} is neither `cluster` nor a folder", param_hint="--policies"
             )
         policy_paths = (folder,)
-    state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key)
     host, port = parse_listen(listen)
     client = KubeClient(kubeconfig)
     name = identity()

@@ -28,7 +28,7 @@ from typing import Any
 from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
 from nauthera.serve.http import Reply
-from nauthera.store.folder import BundleStore
+from nauthera.store.base import BundleStore
 from nauthera.targets.opa.bundle import bundle_entries
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
@@ -139,27 +139,31 @@ class ChannelWatcher:
         self.interval = interval
         self.states: dict[str, ChannelState] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._stamps: dict[str, tuple[int, int, int]] = {}
+        self._stamps: dict[str, Hashable] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self.held = 0
         self.closing = False
 
+    def changes(self) -> list[tuple[str, str | None]]:
+        """Channels whose stamp changed since the last look, with their revisions (a stat per channel in
+        a folder, a HEAD per channel tag in a registry): blocking I/O, run off the event loop."""
+        moved = []
+        for channel, stamp in self.store.channel_stamps().items():
+            if self._stamps.get(channel) != stamp:
+                moved.append((channel, self.store.channel_revision(channel)))
+                self._stamps[channel] = stamp
+        return moved
+
     def refresh(self) -> None:
-        """Re-read channels whose pointer file changed since the last look (one stat each)."""
-        for channel in self.store.channels():
-            try:
-                stat = self.store.pointer_file(channel).stat()
-            except OSError:
-                continue
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if self._stamps.get(channel) == stamp:
-                continue
-            self._stamps[channel] = stamp
-            self.notify(channel)
+        for channel, revision in self.changes():
+            self.moved(channel, revision)
 
     def notify(self, channel: str) -> None:
         """Take the channel's revision from the store and answer its waiters if it moved."""
-        revision = self.store.channel_revision(channel)
+        self.moved(channel, self.store.channel_revision(channel))
+
+    def moved(self, channel: str, revision: str | None) -> None:
+        """Record the channel's revision and answer its waiters if it moved (on the event loop)."""
         previous = self.states.get(channel)
         if (previous.revision if previous else None) == revision:
             return
@@ -233,7 +237,8 @@ class ChannelWatcher:
         self.loop = asyncio.get_running_loop()
         while True:
             try:
-                self.refresh()
+                for channel, revision in await asyncio.to_thread(self.changes):
+                    self.moved(channel, revision)
             except (OSError, NautheraError) as error:
                 log.warning("cannot read the store: %s", error)
             await asyncio.sleep(self.interval)
@@ -371,7 +376,7 @@ class BundleService:
         return snapshot, False
 
     async def _read(self, revision: str) -> bytes:
-        return await asyncio.to_thread(lambda: self.store.bundle_path(revision).read_bytes())
+        return await asyncio.to_thread(self.store.bundle_bytes, revision)
 
     async def _state(self, revision: str) -> BundleState | None:
         async def load() -> BundleState | None:
