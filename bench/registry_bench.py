@@ -7,7 +7,8 @@
 - Publish throughput: revisions published to a channel one after another (each a distinct revision of
   the 100-policy bundle), registry vs a folder store on the same disk.
 - Fresh machine: `nauthera bundle list` of 100 revisions in a new process with only the URL, vs the same
-  command on a folder store holding the same revisions.
+  command on a folder store holding the same revisions; and the same listing in process (a new store
+  object, no caches), without Python's start-up.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _converge(agents: list[str], allowed: bool, timeout: float) -> list[float]:
                 if answer.get("result", {}).get("allowed") is allowed:
                     times[index] = time.monotonic() - started
                     return
-                time.sleep(0.025)
+                time.sleep(0.1)
 
     threads = [threading.Thread(target=watch, args=(i, url)) for i, url in enumerate(agents)]
     for thread in threads:
@@ -130,6 +131,7 @@ def publishing(ws: Workspace, ui: Ui, bundles: dict[str, Path]) -> dict[str, Any
                 step.advance()
             rates[name] = count / (time.monotonic() - started)
         listing: dict[str, list[float]] = {}
+        in_process: dict[str, float] = {}
         step = ui.task(f"registry: fresh `bundle list` of {LISTED} revisions", total=2 * LIST_RUNS)
         for name, location in (
             ("registry", registry.store("list/bundles")),
@@ -140,6 +142,10 @@ def publishing(ws: Workspace, ui: Ui, bundles: dict[str, Path]) -> dict[str, Any
                 store.publish(file, None)
             store.promote(f"list-{LISTED - 1:04d}", "stable")
             listing[name] = []
+            started = time.monotonic()
+            listed_in_process = len(open_store(location).revisions())
+            in_process[name] = time.monotonic() - started
+            assert listed_in_process == LISTED, listed_in_process
             for _ in range(LIST_RUNS):
                 run = run_wait4(
                     nauthera_command("bundle", "list", "--store", location, "--format", "json"), 120
@@ -148,7 +154,13 @@ def publishing(ws: Workspace, ui: Ui, bundles: dict[str, Path]) -> dict[str, Any
                     raise RuntimeError(f"bundle list failed:\n{run.output}")
                 listing[name].append(run.seconds)
                 step.advance()
-        return {"publishes": count, "publish_per_s": rates, "listed": LISTED, "list_seconds": listing}
+        return {
+            "publishes": count,
+            "publish_per_s": rates,
+            "listed": LISTED,
+            "list_seconds": listing,
+            "list_in_process_seconds": in_process,
+        }
     finally:
         registry.stop()
 
@@ -172,6 +184,8 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
             max(lasts),
             "OPA polling interval",
             interval,
+            goal="<= 1 interval + 1 s",
+            goal_met=max(lasts) <= interval + 1,
             note=f"{len(lasts)} promotions; p99 column: the slowest promotion",
         )
     )
@@ -183,9 +197,7 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
             max(spreads),
             "OPA polling interval",
             interval,
-            goal="<= 1 polling interval",
-            goal_met=max(spreads) <= interval,
-            note="per promotion: last agent's flip minus first agent's",
+            note="per promotion: last agent's flip minus first agent's (the agents poll at their own phases)",
         )
     )
     data = publishing(ws, ui, bundles)
@@ -210,6 +222,17 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
             "folder store, same revisions",
             summary(data["list_seconds"]["folder"])["median"],
             note=f"new process with only the URL (Python start-up included); median of {LIST_RUNS}",
+        )
+    )
+    result.rows.append(
+        Row(
+            f"fresh store object: list {data['listed']} revisions in process",
+            "s",
+            data["list_in_process_seconds"]["registry"],
+            None,
+            "folder store, same revisions",
+            data["list_in_process_seconds"]["folder"],
+            note="one manifest read per revision, 8 in parallel",
         )
     )
     return result

@@ -22,7 +22,7 @@ from ..harness.cli import nauthera as run_cli
 from ..harness.pki import CertificateAuthority
 from ..harness.processes import Process, decide, free_port, nauthera, opa_agent, stop_all, wait_until
 from ..harness.processes import write_policy as write_policy_file
-from ..harness.registry import Registry, start_registry
+from ..harness.registry import Registry, TokenIssuer, start_registry
 from ..serve.test_sidecar_e2e import ALLOWING, CLIENT, DENYING
 from .conftest import Keys, with_revision
 
@@ -365,3 +365,67 @@ def test_gc_deletes_tags_where_allowed_and_says_so_where_refused(
         assert "gc-0" in frozen.tags("gc/bundles")
     finally:
         frozen.stop()
+
+
+def test_the_sidecar_publishes_each_compile_to_the_registry_and_opa_pulls_it(
+    plain: Registry, tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    write_policy_file(policies, "grants", ALLOWING)
+    store = plain.store("sidecar/bundles")
+    port = free_port()
+    sidecar = nauthera(
+        "sidecar", "--source", policies, "--store", store, "--listen", f"127.0.0.1:{port}",
+        "--debounce", "50ms", log=tmp_path / "sidecar.log",
+    )  # fmt: skip
+    processes: list[Process] = [sidecar]
+    try:
+        sidecar.wait_ready(
+            lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, 60, "ready"
+        )
+        agent, url = opa_agent(
+            tmp_path, "sidecar-oci-agent", f"http://127.0.0.1:{port}",
+            registry=plain.opa_source("sidecar/bundles", "stable"), decision_logs=False,
+        )  # fmt: skip
+        processes = [agent, sidecar]
+        wait_until(lambda: _allowed(url) is True, 30, "OPA to pull the sidecar's first compile")
+        write_policy_file(policies, "grants", DENYING)
+        wait_until(lambda: _allowed(url) is False, 30, "the edit to reach OPA through the registry")
+        assert len(RegistryStore(store).revision_names()) == 2
+    finally:
+        stop_all(processes)
+
+
+def test_a_bearer_token_registry_gets_a_token_fetched_with_docker_credentials(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """distribution's token auth (auth.token): the store follows the 401 challenge to the realm."""
+    issuer = TokenIssuer(CertificateAuthority(tmp_path / "pki"), {USER: PASSWORD})
+    registry = start_registry(tmp_path, tokens=issuer, name="token-registry")
+    try:
+        store = registry.store("tokens/bundles")
+        good = {"DOCKER_CONFIG": str(tmp_path / "good")}
+        (tmp_path / "good").mkdir()
+        (tmp_path / "good" / "config.json").write_text(
+            json.dumps({"auths": {f"http://{registry.host}/v2/": {"username": USER, "password": PASSWORD}}})
+        )
+        published = _cli("bundle", "publish", bundles["allowing"], "--store", store, env=good)
+        assert published.returncode == 0, published.stderr
+        assert issuer.issued >= 1
+        listed = _cli("bundle", "list", "--store", store, "--format", "json", env=good)
+        assert json.loads(listed.stdout)["channels"] == {
+            "stable": json.loads(listed.stdout)["revisions"][0]["revision"]
+        }
+
+        wrong = {"DOCKER_CONFIG": str(registry.docker_config(tmp_path / "wrong", USER, "nope-nope"))}
+        refused = _cli("bundle", "list", "--store", store, env=wrong)
+        assert refused.returncode == 2
+        assert (
+            f"registry {registry.host} refused a token for list tags (from {issuer.realm}): 401"
+            in refused.stderr
+        )
+        assert "nope-nope" not in refused.stderr
+    finally:
+        registry.stop()
+        issuer.stop()

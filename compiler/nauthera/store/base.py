@@ -283,6 +283,10 @@ class BundleStore(ABC):
             path.write_bytes(content)
         return path
 
+    def read_infos(self, revisions: list[str]) -> list[RevisionInfo | None]:
+        """`read_info` of many revisions (a registry reads them in parallel)."""
+        return [self.read_info(revision) for revision in revisions]
+
     def info(self, revision: str) -> RevisionInfo:
         info = self.read_info(check_revision_id(revision))
         if info is None:
@@ -291,7 +295,7 @@ class BundleStore(ABC):
 
     def revisions(self) -> list[RevisionInfo]:
         """Every stored revision, newest (highest sequence) first."""
-        found = [info for info in map(self.read_info, sorted(self.revision_names())) if info is not None]
+        found = [info for info in self.read_infos(sorted(self.revision_names())) if info is not None]
         return sorted(found, key=lambda info: (info.sequence, info.created), reverse=True)
 
     def channel_revision(self, channel: str) -> str | None:

@@ -26,6 +26,7 @@ import re
 import secrets
 import time
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,11 @@ class RegistryStore(BundleStore):
             return None
         found = self._document(revision, f"revision {revision}")
         return None if found is None else self._info_of(found[0], revision)
+
+    def read_infos(self, revisions: list[str]) -> list[RevisionInfo | None]:
+        """One manifest read per revision, 8 at a time: a fresh machine lists 100 revisions in a blink."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(self.read_info, revisions))
 
     def bundle_bytes(self, revision: str) -> bytes:
         found = self._document(self._tag(revision), f"revision {revision}")
