@@ -5,7 +5,7 @@
   from `promote` returning until each agent's decision flips (decisions polled every 25 ms). Anchor: the
   polling interval; the goal is a fleet that converges within one interval (spread <= interval).
 - Publish throughput: revisions published to a channel one after another (each a distinct revision of
-  the 100-policy bundle), registry vs a folder store on the same disk.
+  a one-policy bundle), registry vs a folder store on the same disk.
 - Fresh machine: `nauthera bundle list` of 100 revisions in a new process with only the URL, vs the same
   command on a folder store holding the same revisions; and the same listing in process (a new store
   object, no caches), without Python's start-up.
@@ -210,7 +210,7 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
             None,
             "folder store, same revisions",
             data["publish_per_s"]["folder"],
-            note=f"{data['publishes']} sequential publishes of a 100-policy bundle",
+            note=f"{data['publishes']} sequential publishes of a one-policy bundle",
         )
     )
     result.rows.append(

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
+from nauthera.engines.tools import find_tool
 from nauthera.store.base import open_store
 from nauthera.store.oci import CONFIG_TYPE, INFO_ANNOTATION, LAYER_TYPE, RegistryStore
 
@@ -27,6 +29,7 @@ from ..serve.test_sidecar_e2e import ALLOWING, CLIENT, DENYING
 from .conftest import Keys, with_revision
 
 USER, PASSWORD = "publisher", "s3cret-pa55word"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,24 @@ def _cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Com
     return run_cli(*args, env=env)
 
 
+def _deployed_oci_agent(registry: Registry, repository: str, server: str, work: Path) -> tuple[Process, str]:
+    """OPA run with deploy/opa/oci-config.yaml, pointed at this registry and server (no credentials:
+    the plain registry has none), polling every second."""
+    config = yaml.safe_load((REPO / "deploy" / "opa" / "oci-config.yaml").read_text())
+    config["services"]["registry"] = {"url": registry.url, "type": "oci"}
+    config["services"]["nauthera"] = {"url": server}
+    config["bundles"]["stable"]["resource"] = f"{registry.host}/{repository}:stable"
+    config["bundles"]["stable"]["polling"] = {"min_delay_seconds": 1, "max_delay_seconds": 1}
+    config["persistence_directory"] = str(work / "oci-agent-persist")
+    config["labels"]["name"] = "oci-agent"
+    config_file = work / "oci-agent.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    args = [find_tool("opa"), "run", "--skip-version-check", "--server", "--addr", f"127.0.0.1:{port}",
+            "--config-file", config_file]  # fmt: skip
+    return Process(args, work / "oci-agent.log").start(), f"http://127.0.0.1:{port}"
+
+
 def test_publish_promote_rollback_flip_a_real_opa_pulling_over_oci(
     plain: Registry, bundles: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -80,9 +101,7 @@ def test_publish_promote_rollback_flip_a_real_opa_pulling_over_oci(
     processes: list[Process] = [server]
     try:
         server.wait_ready(lambda: requests.get(f"{server_url}/healthz", timeout=2).ok, 30, "serve to start")
-        agent, agent_url = opa_agent(
-            tmp_path, "oci-agent", server_url, registry=plain.opa_source("flip/bundles", "stable")
-        )
+        agent, agent_url = _deployed_oci_agent(plain, "flip/bundles", server_url, tmp_path)
         # A second agent long-polls `nauthera serve`, which polls the registry's channel tag.
         http_agent, http_url = opa_agent(tmp_path, "http-agent", server_url)
         processes = [agent, http_agent, server]
