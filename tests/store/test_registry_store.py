@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,11 @@ def test_layout_is_spec_8_and_a_fresh_machine_lists_and_rolls_back(
     assert "channel 'stable' has no earlier revision to roll back to" in again.stderr
     verified = _cli("bundle", "diff", "rev-one", "rev-two", "--store", store_url)
     assert verified.returncode == 0 and "allowedGrantTypes" in verified.stdout, verified.stderr
+    client = tmp_path / "client.yaml"
+    client.write_text(yaml.safe_dump(CLIENT))
+    impact = _cli("impact", "--from", "rev-one", "--to", "rev-two", client, "--store", store_url)
+    assert impact.returncode == 1, impact.stderr
+    assert "newly denied: team-a/app" in impact.stdout
 
 
 def test_names_that_cannot_be_tags_or_would_hide_each_other_are_refused(
@@ -309,11 +315,12 @@ def test_opa_verifies_a_signed_bundle_over_tls_and_refuses_a_tampered_layer(
 
 
 RACER = """
-import sys
+import sys, time
 from pathlib import Path
 from nauthera.store.base import open_store
 store = open_store(sys.argv[1])
-for bundle in sys.argv[2:]:
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all writers start at the same instant
+for bundle in sys.argv[3:]:
     store.publish(Path(bundle), "stable")
 """
 
@@ -331,7 +338,9 @@ def test_racing_publishers_lose_no_revision_and_no_move(
             revision = f"w{writer}-r{index}"
             expected.add(revision)
             files.append(with_revision(bundles["allowing"], revision, tmp_path / f"{revision}.tar.gz"))
-        commands.append([sys.executable, "-c", RACER, store_url, *map(str, files)])
+        commands.append([sys.executable, "-c", RACER, store_url, "START", *map(str, files)])
+    start = str(time.time() + 3)
+    commands = [[start if arg == "START" else arg for arg in command] for command in commands]
     racers = [
         subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands
     ]
@@ -351,6 +360,41 @@ def test_racing_publishers_lose_no_revision_and_no_move(
         mine = [m for m in reversed(moves) if m.startswith(f"w{writer}-")]
         assert mine == [f"w{writer}-r{i}" for i in range(each)]
     assert store.fsck() == []
+    generations = [tag.split(".")[2] for tag in store._records_of("stable")]
+    assert len(set(generations)) < len(generations), "writers raced: some wrote on the same generation"
+
+
+def test_a_record_written_late_by_a_stale_writer_is_replayed_not_lost(
+    plain: Registry, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """A writer that read the log before another wrote (its record sorts before a newer one) does not
+    lose either move: the newer record's snapshot is no longer trusted and its move is replayed."""
+    store = RegistryStore(plain.store("stale/bundles"))
+    for name in ("rev-a", "rev-b", "rev-c"):
+        store.publish(with_revision(bundles["allowing"], name, tmp_path / f"{name}.tar.gz"), None)
+    store.promote("rev-a", "stable")
+    store.promote("rev-b", "stable")
+    first, second = store._records_of("stable", fresh=True)
+    assert store._record(second)["position"] == 1
+    # A stale writer saw only the first record: same generation as rev-b's, a nonce that sorts first.
+    stale_state = {
+        "channel": "stable",
+        "revision": "rev-c",
+        "history": ["rev-a"],
+        "updated": "x",
+        "generation": 2,
+    }
+    store._put_record(
+        "_ch.stable.0000000002.0000000000000000", {"revision": "rev-c", "position": 1, "state": stale_state}
+    )
+    store._settle("stable", [first, second])
+    fresh = RegistryStore(plain.store("stale/bundles"))
+    pointer = fresh.channel_pointer("stable")
+    assert pointer is not None
+    assert (pointer["revision"], pointer["history"]) == ("rev-b", ["rev-c", "rev-a"])
+    assert fresh.channel_revision("stable") == "rev-b"
+    assert fresh.rollback("stable") == "rev-c"
+    assert fresh.rollback("stable") == "rev-a"
 
 
 def test_gc_deletes_tags_where_allowed_and_says_so_where_refused(
