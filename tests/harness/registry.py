@@ -102,9 +102,13 @@ class TokenIssuer:
     SERVICE = "nauthera-test-registry"
     ISSUER = "nauthera-test-issuer"
 
-    def __init__(self, ca: CertificateAuthority, users: dict[str, str]) -> None:
+    def __init__(
+        self, ca: CertificateAuthority, users: dict[str, str], readers: frozenset[str] = frozenset()
+    ) -> None:
         self.ca = ca
         self.users = users
+        #: Users granted `pull` only, whatever they ask for.
+        self.readers = readers
         pair = ca.issue("token-issuer", dns_names=["token-issuer"])
         self._key = pair.key.read_bytes()
         der = x509.load_pem_x509_certificate(pair.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
@@ -142,7 +146,8 @@ class TokenIssuer:
         access = []
         for scope in query.get("scope", []):
             kind, name, actions = scope.split(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            granted = [a for a in actions.split(",") if user not in self.readers or a == "pull"]
+            access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         claims = {
             "iss": self.ISSUER, "sub": user, "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10,

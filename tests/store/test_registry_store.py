@@ -464,7 +464,9 @@ def test_a_bearer_token_registry_gets_a_token_fetched_with_docker_credentials(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     """distribution's token auth (auth.token): the store follows the 401 challenge to the realm."""
-    issuer = TokenIssuer(CertificateAuthority(tmp_path / "pki"), {USER: PASSWORD})
+    issuer = TokenIssuer(
+        CertificateAuthority(tmp_path / "pki"), {USER: PASSWORD, "reader": "read-only"}, frozenset({"reader"})
+    )
     registry = start_registry(tmp_path, tokens=issuer, name="token-registry")
     try:
         store = registry.store("tokens/bundles")
@@ -489,6 +491,16 @@ def test_a_bearer_token_registry_gets_a_token_fetched_with_docker_credentials(
             in refused.stderr
         )
         assert "nope-nope" not in refused.stderr
+
+        reader = {"DOCKER_CONFIG": str(registry.docker_config(tmp_path / "reader", "reader", "read-only"))}
+        listed_by_reader = _cli("bundle", "list", "--store", store, env=reader)
+        assert listed_by_reader.returncode == 0, listed_by_reader.stderr
+        pushed = _cli("bundle", "promote", "stable", "--channel", "canary", "--store", store, env=reader)
+        assert pushed.returncode == 2
+        assert f"registry {registry.host} refused" in pushed.stderr
+        assert (
+            "401 insufficient scope (the account lacks repository:tokens/bundles:pull,push)" in pushed.stderr
+        )
     finally:
         registry.stop()
         issuer.stop()

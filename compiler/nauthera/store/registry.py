@@ -264,6 +264,12 @@ class Registry:
         status = response.status_code
         detail = _errors(response)
         host = self.reference.host
+        challenge = dict(_CHALLENGE.findall(response.headers.get("www-authenticate", "")))
+        if status == 401 and challenge.get("error") == "insufficient_scope":
+            return StoreError(
+                f"registry {host} refused {what}: 401 insufficient scope (the account lacks "
+                f"{challenge.get('scope', 'the right')}){detail}"
+            )
         if status == 401:
             source = docker_config_path()
             why = (
