@@ -70,8 +70,7 @@ class RegistryStore(BundleStore):
     def __init__(self, url: str, *, registry_ca: Path | None = None) -> None:
         self.registry = Registry(url, registry_ca)
         self.location = url
-        #: Immutable things, cached by name: manifests by digest, channel records by tag.
-        self._manifests: dict[str, dict[str, Any]] = {}
+        #: Channel records by tag (immutable; only those still listed are kept).
         self._records: dict[str, dict[str, Any]] = {}
         self._tag_cache: tuple[float, list[str]] | None = None
 
@@ -80,7 +79,10 @@ class RegistryStore(BundleStore):
     def _tags(self, *, fresh: bool = False) -> list[str]:
         """The repository's tags; reused for a second by the reads of one command, re-listed by writers."""
         if fresh or self._tag_cache is None or time.monotonic() - self._tag_cache[0] > 1.0:
-            self._tag_cache = (time.monotonic(), self.registry.tags())
+            tags = self.registry.tags()
+            self._tag_cache = (time.monotonic(), tags)
+            for gone in self._records.keys() - set(tags):
+                del self._records[gone]
         return self._tag_cache[1]
 
     def _records_of(self, channel: str, *, fresh: bool = False) -> list[str]:
@@ -101,13 +103,11 @@ class RegistryStore(BundleStore):
         if fetched is None:
             return None
         content, digest = fetched
-        if digest not in self._manifests:
-            try:
-                doc = json.loads(content)
-            except ValueError as error:
-                raise StoreError(f"registry {self.registry.reference}: {what} is not a manifest") from error
-            self._manifests[digest] = doc if isinstance(doc, dict) else {}
-        return self._manifests[digest], digest
+        try:
+            doc = json.loads(content)
+        except ValueError as error:
+            raise StoreError(f"registry {self.registry.reference}: {what} is not a manifest") from error
+        return (doc if isinstance(doc, dict) else {}), digest
 
     # --- revisions -------------------------------------------------------------------------------------
 
