@@ -206,6 +206,12 @@ def test_names_that_cannot_be_tags_or_would_hide_each_other_are_refused(
     assert "channel name 'rev-abc' would be read as revision rev-abcdef" in hidden.stderr
     bad = _cli("bundle", "list", "--store", "oci://127.0.0.1:1/Upper/Case")
     assert bad.returncode == 2 and "is not a repository name" in bad.stderr
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used")
+    folder = _cli("bundle", "list", "--store", tmp_path / "folder", "--registry-ca", ca)
+    assert folder.returncode == 2 and "--registry-ca applies to oci:// stores" in folder.stderr
+    from_env = _cli("bundle", "list", "--store", tmp_path / "folder", env={"NAUTHERA_REGISTRY_CA": str(ca)})
+    assert from_env.returncode == 0, from_env.stderr
 
 
 def test_credentials_ca_and_refusals_read_well(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 from click.decorators import FC
 
 from nauthera.errors import NautheraError
@@ -28,6 +29,9 @@ def store_option(command: Callable[..., R]) -> Callable[..., R]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, store: str, registry_ca: Path | None, **kwargs: Any) -> R:
+        source = click.get_current_context().get_parameter_source("registry_ca")
+        if source is ParameterSource.ENVIRONMENT and not store.startswith(("oci://", "oci+http://")):
+            registry_ca = None  # NAUTHERA_REGISTRY_CA set for registries; this command uses a folder
         try:
             opened = open_store(store, registry_ca=registry_ca)
         except NautheraError as error:
