@@ -150,15 +150,21 @@ def opa_agent(
     decision_logs: bool = True,
     keys: dict[str, Any] | None = None,
     signing: dict[str, Any] | None = None,
+    deltas: bool = True,
+    persist: bool = False,
 ) -> tuple[Process, str]:
     """An `opa run --server` configured to pull `bundle` from `server`; returns it and its base URL.
 
-    `keys` and `signing` are OPA's `keys` and the bundle's `signing` settings (signed bundles)."""
+    `keys` and `signing` are OPA's `keys` and the bundle's `signing` settings (signed bundles);
+    `deltas` opts in to delta bundles (the `Nauthera-Delta-Bundles` header); `persist` keeps the
+    bundle on disk (in `workdir`), which is why such an agent must not opt in."""
     port = free_port()
     polling: dict[str, Any] = {"min_delay_seconds": min_delay, "max_delay_seconds": max_delay}
     if long_poll:
         polling["long_polling_timeout_seconds"] = long_poll
     service: dict[str, Any] = {"url": server}
+    if deltas:
+        service["headers"] = {"Nauthera-Delta-Bundles": "on"}
     if token:
         service["credentials"] = {"bearer": {"token": token}}
     config: dict[str, Any] = {
@@ -171,6 +177,9 @@ def opa_agent(
     }
     if signing:
         config["bundles"][bundle]["signing"] = signing
+    if persist:
+        config["bundles"][bundle]["persist"] = True
+        config["persistence_directory"] = str(workdir / f"{name}-persistence")
     if decision_logs:
         config["decision_logs"] = {
             "service": "nauthera",
