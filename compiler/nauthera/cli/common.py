@@ -13,7 +13,6 @@ from click.core import ParameterSource
 from click.decorators import FC
 
 from nauthera.errors import NautheraError
-from nauthera.store.base import open_store
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 DEFAULT_STORE = Path("bundles")
@@ -32,6 +31,9 @@ def store_option(command: Callable[..., R]) -> Callable[..., R]:
         source = click.get_current_context().get_parameter_source("registry_ca")
         if source is ParameterSource.ENVIRONMENT and not store.startswith(("oci://", "oci+http://")):
             registry_ca = None  # NAUTHERA_REGISTRY_CA set for registries; this command uses a folder
+        # Imported here: `compile` and `check` share this module and need no store (nor its signing code).
+        from nauthera.store.base import open_store  # noqa: PLC0415
+
         try:
             opened = open_store(store, registry_ca=registry_ca)
         except NautheraError as error:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2
+from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2, format_option
 from nauthera.cli.serve import _logging, _state, server_options
 from nauthera.serve.server import ServerState, create_app, parse_listen, run, serve
 
@@ -36,7 +36,14 @@ _kubeconfig_option = click.option(
     show_default=True,
     help="`cluster` (AuthPolicy resources) or a policy folder / Git checkout, watched like the sidecar's.",
 )
-@click.option("--enforce", type=click.Choice(ENFORCE), default="opa", show_default=True)
+@click.option(
+    "--enforce",
+    type=click.Choice(ENFORCE),
+    default="opa",
+    show_default=True,
+    help="Who enforces at admission: OPA pulling the served bundle, Gatekeeper objects the operator "
+    "applies, or both.",
+)
 @server_options(
     "Channel each good compile is published to and served on; also the channel of agents whose bundle "
     "name is not a channel."
@@ -176,9 +183,7 @@ def _inventory_text(inventory: Inventory) -> str:
 
 @click.command("inventory")
 @_kubeconfig_option
-@click.option(
-    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@format_option(("text", "json"))
 @errors_exit_2
 def inventory_command(kubeconfig: Path | None, output_format: str) -> None:
     """Every AuthClient with its governing policies, compliance and findings; every AuthPolicy with its

@@ -6,10 +6,13 @@ memory), a held long poll is an entry in a list with a timer (no task per reques
 disk or a computation (a bundle read, the data tree of a revision, a delta) is done once, off the
 event loop, and shared by every request waiting for it.
 
-An agent whose `If-None-Match` names a revision the server can read, and whose `Prefer` header offers
-`delta` (OPA always does), gets a delta bundle from that revision to the channel's. An agent with no
-ETag (a fresh or restarted OPA), an unknown revision, or a bundle that cannot be patched (signed, or
-with other Rego) gets the snapshot, as does one for whom the delta would not be smaller.
+An agent that opts in to deltas (the `Nauthera-Delta-Bundles: on` header, set in its service's
+`headers`), whose `If-None-Match` names a revision the server can read and whose `Prefer` header offers
+`delta` gets a delta bundle from that revision to the channel's. Deltas are opt-in because OPA offers
+`delta` in every request, yet refuses to activate one when its bundle has `persist: true` (and then
+stays on its old revision for good). An agent with no ETag (a fresh or restarted OPA), an unknown
+revision, or a bundle that cannot be patched (signed, or with other Rego) gets the snapshot, as does one
+for whom the delta would not be smaller.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, 
 BUNDLE_MEDIA_TYPE = b"application/vnd.openpolicyagent.bundles"
 _WAIT = re.compile(r"wait=(\d+)")
 _MODES = re.compile(r"modes=([a-z,]+)")
+#: The request header by which an agent asks for delta bundles (value `on`): see the module docstring.
+DELTA_OPT_IN = b"nauthera-delta-bundles"
 #: Revisions whose bundle bytes, data trees and deltas are kept in memory.
 SNAPSHOTS_KEPT = 8
 STATES_KEPT = 8
@@ -54,7 +59,7 @@ class BundleRequest:
     etag: str | None
     #: Seconds to hold the request while nothing changes (`Prefer: wait=N`, capped); None: no wait.
     wait: float | None
-    #: Whether `Prefer: modes=...` offers `delta`.
+    #: Whether the agent opted in to deltas and `Prefer: modes=...` offers `delta`.
     delta: bool
     authorization: str | None = None
 
@@ -68,7 +73,11 @@ class BundleRequest:
             channel,
             etag.decode("latin-1").strip().removeprefix("W/").strip('"') or None if etag else None,
             min(float(wait.group(1)), max_wait) if wait else None,
-            bool(modes and "delta" in modes.group(1).split(",")),
+            bool(
+                modes
+                and "delta" in modes.group(1).split(",")
+                and headers.get(DELTA_OPT_IN, b"").strip().lower() == b"on"
+            ),
             authorization.decode("latin-1") if authorization is not None else None,
         )
 
