@@ -103,7 +103,7 @@ def polling_model(low: float, high: float) -> dict[str, float]:
 def opa_agent(workdir: Path, name: str, server: str, polling: dict[str, Any]) -> tuple[Process, str]:
     port = free_port()
     config = {
-        "services": {"nauthera": {"url": server}},
+        "services": {"nauthera": {"url": server, "headers": {"Nauthera-Delta-Bundles": "on"}}},
         "bundles": {"stable": {"service": "nauthera", "resource": "bundles/stable", "polling": polling}},
     }
     config_file = workdir / f"{name}.yaml"

@@ -192,7 +192,7 @@ SERVER_VARIANTS = ("as is", "uvloop", "gc-threshold", "uvloop+gc-threshold")
 
 def server_runtime(policies: int) -> None:
     """`nauthera serve` with 1,000 held long polls, as is and with runtime variants (wrk, 2 x 4 s each)."""
-    from nauthera.store.folder import BundleStore  # noqa: PLC0415
+    from nauthera.store.folder import FolderStore  # noqa: PLC0415
 
     from bench.common import LOOPBACK  # noqa: PLC0415
     from bench.server_bench import check_response, holders, holding, serves, wrk  # noqa: PLC0415
@@ -203,7 +203,7 @@ def server_runtime(policies: int) -> None:
         run_wait4(
             nauthera_command("compile", generate(root / "policies", policies), "--out", root / "out"), 900
         )
-        BundleStore(root / "store").publish(root / "out" / "bundle.tar.gz", "stable")
+        FolderStore(root / "store").publish(root / "out" / "bundle.tar.gz", "stable")
         (root / "serve_variant.py").write_text(_SERVE_VARIANT)
         for variant in SERVER_VARIANTS:
             port = free_port()

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR, RESULTS_DIR
 
-MEASURES = ("compile", "decision", "enforcement", "server", "admission", "operator")
+MEASURES = ("compile", "decision", "enforcement", "server", "admission", "operator", "registry")
 README = BENCH_DIR / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NONE = "n/a"

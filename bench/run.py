@@ -33,6 +33,7 @@ from bench import (
     decision_bench,
     enforcement_bench,
     operator_bench,
+    registry_bench,
     report,
     server_bench,
 )
@@ -47,6 +48,7 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "server": (server_bench.run, 150),
     "admission": (admission_bench.run, 600),
     "operator": (operator_bench.run, 600),
+    "registry": (registry_bench.run, 240),
 }
 
 

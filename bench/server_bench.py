@@ -216,7 +216,7 @@ def _measure(
 
 
 def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
-    from nauthera.store.folder import BundleStore  # noqa: PLC0415 - only when measuring
+    from nauthera.store.folder import FolderStore  # noqa: PLC0415 - only when measuring
 
     held = QUICK_HELD if ws.quick else HELD
     runs = QUICK_RUNS if ws.quick else RUNS
@@ -224,7 +224,7 @@ def throughput(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
     bundle = ws.bundle(count)
     workdir = ws.scratch("server")
     store = workdir / "store"
-    BundleStore(store).publish(bundle, "stable", message="bench", author="bench")
+    FolderStore(store).publish(bundle, "stable", message="bench", author="bench")
     port = free_port()
     nauthera_url = f"http://{LOOPBACK}:{port}"
     children: list[Process] = []

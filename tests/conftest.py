@@ -33,7 +33,7 @@ from .harness.opa_webhook import OpaWebhook
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 CRDS = REPO / "deploy" / "crds"
-ENGINES = ("opa", "regal", "gator", *controlplane.ENGINES, "gatekeeper")
+ENGINES = ("opa", "regal", "gator", *controlplane.ENGINES, "gatekeeper", "registry")
 #: Start-up seconds of the session's long-running parts, printed at the end of the run.
 STARTUP_SECONDS: dict[str, float] = {}
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nauthera.targets.opa.bundle import MANIFEST, read_bundle, write_tarball
+from nauthera.targets.opa.bundle import DATA_FILE, MANIFEST, read_bundle, write_tarball
 
 from ..conftest import EXAMPLES
 from ..harness.cli import nauthera
@@ -32,7 +32,7 @@ def _garbage(bundle: Path, target: Path) -> None:
 
 def _without_data(bundle: Path, target: Path) -> None:
     files = read_bundle(bundle)
-    del files["nauthera/data.json"]
+    del files[DATA_FILE]
     write_tarball(files, target)
 
 
@@ -54,7 +54,7 @@ def _without_manifest(bundle: Path, target: Path) -> None:
 NOT_OURS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "tar-of-yaml": (_tar_of_yaml, "no .manifest"),
     "garbage": (_garbage, "not a readable .tar.gz"),
-    "no-data-json": (_without_data, "no nauthera/data.json"),
+    "no-data-json": (_without_data, f"no {DATA_FILE}"),
     "foreign-roots": (_foreign_roots, "its .manifest roots do not include nauthera"),
     "no-manifest": (_without_manifest, "no .manifest"),
 }

@@ -19,7 +19,7 @@ from nauthera.cli import main
 from nauthera.compile.schema import load_schemas, schema_code
 
 from ..conftest import EXAMPLES
-from ..harness.cli import nauthera, write
+from ..harness.cli import leaf_commands, nauthera, write
 from ..harness.processes import free_port, wait_until
 from ..harness.processes import nauthera as start_nauthera
 
@@ -75,14 +75,8 @@ def test_invalid_name_message_states_the_rule_that_is_applied(tmp_path: Path) ->
     assert nauthera("compile", "ok", "--out", "out", cwd=tmp_path).returncode == 0
 
 
-def _commands(group: click.Group, path: str = "") -> list[tuple[str, click.Command]]:
-    found: list[tuple[str, click.Command]] = []
-    for name, command in sorted(group.commands.items()):
-        if isinstance(command, click.Group):
-            found += _commands(command, f"{path}{name} ")
-        else:
-            found.append((f"{path}{name}", command))
-    return found
+def _commands(group: click.Group) -> list[tuple[str, click.Command]]:
+    return [(" ".join(path), command) for path, command in leaf_commands(group)]
 
 
 def test_every_option_of_every_command_has_help() -> None:

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import click
 from click.testing import CliRunner
 from nauthera.cli import main
 
-from ..harness.cli import lock_away, read_only, without_override
+from ..harness.cli import leaf_commands, lock_away, read_only, without_override
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_POLICY = (
@@ -98,16 +97,6 @@ def make_baselines(work: Path) -> None:
         assert result.exit_code == 0, result.output
 
 
-def _commands(
-    group: click.Group, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], click.Command]]:
-    for name, command in sorted(group.commands.items()):
-        if isinstance(command, click.Group):
-            yield from _commands(command, (*path, name))
-        else:
-            yield (*path, name), command
-
-
 def _hostile_values(param: click.Parameter, paths: list[Path]) -> list[str]:
     if isinstance(param, click.Option) and param.is_flag:
         return []
@@ -164,7 +153,7 @@ def hostile_walk(work: Path) -> dict[str, Any]:
         released.close()
         baselines = _baselines(work, f"127.0.0.1:{taken.getsockname()[1]}", closed)
         problems, runs, commands = [], 0, []
-        for path, command in _commands(main):
+        for path, command in leaf_commands(main):
             commands.append(" ".join(path))
             given = {p.name: baselines[p.name] for p in command.params if p.name in baselines}
             missing = [p.name for p in command.params if p.required and p.name not in given]
@@ -205,7 +194,7 @@ def test_no_command_prints_a_traceback_for_hostile_input(tmp_path: Path) -> None
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.splitlines()[-1])
-    walked = {" ".join(path) for path, _ in _commands(main)}
+    walked = {" ".join(path) for path, _ in leaf_commands(main)}
     assert set(report["commands"]) == walked
     assert report["runs"] > 10 * len(walked)
     assert report["problems"] == [], "\n".join(report["problems"])

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from nauthera.targets.opa.bundle import ROOTS
 
 from ..conftest import EXAMPLES
 from ..harness.cli import nauthera, read_only
@@ -52,7 +53,7 @@ def test_concurrent_compiles_into_one_folder_all_succeed(tmp_path: Path) -> None
     with tarfile.open(out / "bundle.tar.gz") as tar:
         handle = tar.extractfile(".manifest")
         assert handle is not None
-        assert json.loads(handle.read())["roots"] == ["nauthera"]
+        assert json.loads(handle.read())["roots"] == list(ROOTS)
     assert [p.name for p in (tmp_path / "conc").iterdir() if p.name != "o"] == [".o.lock"], (
         "only the lock file stays beside the output folder; no staging folders or retired outputs"
     )

@@ -26,7 +26,7 @@ GROUP_PATH = "/apis/auth.nauthera.io/v1alpha1"
 class RunningOperator:
     process: Process
     url: str
-    store: Path
+    store: Path | str
     name: str
     session: requests.Session = field(default_factory=requests.Session)
 
@@ -53,7 +53,7 @@ def start_operator(
     name: str = "operator",
     *flags: str,
     env: dict[str, str] | None = None,
-    store: Path | None = None,
+    store: Path | str | None = None,
     tls: KeyPair | None = None,
 ) -> RunningOperator:
     """Start `nauthera operator` on a free port: plain HTTP, or HTTPS with `tls` (the webhook needs it)."""

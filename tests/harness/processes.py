@@ -150,20 +150,36 @@ def opa_agent(
     decision_logs: bool = True,
     keys: dict[str, Any] | None = None,
     signing: dict[str, Any] | None = None,
+    registry: tuple[dict[str, Any], str] | None = None,
+    deltas: bool = True,
+    persist: bool = False,
 ) -> tuple[Process, str]:
     """An `opa run --server` configured to pull `bundle` from `server`; returns it and its base URL.
 
-    `keys` and `signing` are OPA's `keys` and the bundle's `signing` settings (signed bundles)."""
+    `keys` and `signing` are OPA's `keys` and the bundle's `signing` settings (signed bundles);
+    `deltas` opts in to delta bundles (the `Nauthera-Delta-Bundles` header); `persist` keeps the
+    bundle on disk (in `workdir`), which is why such an agent must not opt in. `registry` (an OCI
+    service and the bundle's `resource`) pulls the bundle from a registry instead; status and decision
+    logs still go to `server`."""
     port = free_port()
     polling: dict[str, Any] = {"min_delay_seconds": min_delay, "max_delay_seconds": max_delay}
-    if long_poll:
+    if long_poll and registry is None:
         polling["long_polling_timeout_seconds"] = long_poll
     service: dict[str, Any] = {"url": server}
+    if deltas:
+        service["headers"] = {"Nauthera-Delta-Bundles": "on"}
     if token:
         service["credentials"] = {"bearer": {"token": token}}
+    source = {"service": "nauthera", "resource": f"bundles/{bundle}"}
+    services = {"nauthera": service}
+    if registry is not None:
+        services["registry"] = registry[0]
+        source = {"service": "registry", "resource": registry[1]}
     config: dict[str, Any] = {
-        "services": {"nauthera": service},
-        "bundles": {bundle: {"service": "nauthera", "resource": f"bundles/{bundle}", "polling": polling}},
+        "services": services,
+        "bundles": {bundle: {**source, "polling": polling}},
+        # Persisted bundles and the OCI layouts OPA pulls go here (by default .opa in the working folder).
+        "persistence_directory": str(workdir / f"{name}-persistence"),
         **({"keys": keys} if keys else {}),
         "status": {"service": "nauthera"},
         # OPA sets labels.id to its own instance id; `name` is how these tests tell agents apart.
@@ -171,6 +187,8 @@ def opa_agent(
     }
     if signing:
         config["bundles"][bundle]["signing"] = signing
+    if persist:
+        config["bundles"][bundle]["persist"] = True
     if decision_logs:
         config["decision_logs"] = {
             "service": "nauthera",

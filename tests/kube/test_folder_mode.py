@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 import yaml
+from nauthera.store.base import open_store
 
 from ..conftest import EXAMPLES
 from ..harness.controlplane import ControlPlane
 from ..harness.operator import list_objects, start_operator
 from ..harness.processes import write_policy
+from ..harness.registry import start_registry
 from .conftest import example_clients, wait_for
 
 
@@ -46,3 +48,25 @@ def test_statuses_follow_a_policy_folder(open_cluster: ControlPlane, tmp_path: P
         operator.stop()
         for namespace in sorted({c["metadata"]["namespace"] for c in clients}):
             plane.kubectl("delete", "authclients", "--all", "-n", namespace, "--wait=false")
+
+
+def test_the_operator_publishes_to_and_serves_from_a_registry_store(
+    open_cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """SPEC section 8: `operator --store oci+http://...` records each good compile in the registry."""
+    registry = start_registry(tmp_path)
+    folder = tmp_path / "policies"
+    shutil.copytree(EXAMPLES / "policies", folder)
+    store = registry.store("operator/bundles")
+    operator = start_operator(
+        open_cluster, tmp_path, "registry-operator", "--policies", str(folder), store=store
+    )
+    try:
+        revision = operator.wait_synced()["revision"]
+        assert open_store(store).channels() == {"stable": revision}
+        served = operator.session.get(f"{operator.url}/bundles/stable", timeout=10)
+        assert served.status_code == 200
+        assert served.content == open_store(store).bundle_bytes(revision)
+    finally:
+        operator.stop()
+        registry.stop()

@@ -16,7 +16,7 @@ import requests
 from nauthera.compile.sources import folder_sources
 from nauthera.engines.tools import find_tool
 from nauthera.targets.base import CompileOptions
-from nauthera.targets.opa.bundle import read_bundle
+from nauthera.targets.opa.bundle import bundle_entries, read_bundle
 from nauthera.targets.opa.incremental import IncrementalCompiler
 
 from ..conftest import Cli
@@ -24,6 +24,8 @@ from ..harness.policies import RandomRepo
 from ..harness.processes import Process, free_port, nauthera, opa_agent, wait_until
 
 EDITS = 24
+#: The header by which an agent opts in to delta bundles.
+OPT_IN = {"Nauthera-Delta-Bundles": "on"}
 
 
 def opa_data(opa_url: str, path: str) -> Any:
@@ -65,6 +67,8 @@ class Fleet:
     server: str
     sidecar: Process
     opa: str
+    #: An agent with `persist: true`, which OPA never lets activate a delta: it must get snapshots.
+    persisting: str
 
     def channel_revision(self) -> str | None:
         revision = requests.get(f"{self.server}/v1/channels", timeout=5).json().get("stable", {})
@@ -94,7 +98,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         log=work / "sidecar.log",
     )
     opa, opa_url = opa_agent(work, "opa-delta", server, long_poll=10, min_delay=30, max_delay=60)
-    state = Fleet(work, repo, work / "store", server, sidecar, opa_url)
+    persisting, persisting_url = opa_agent(
+        work, "opa-persist", server, long_poll=10, min_delay=30, max_delay=60, deltas=False, persist=True
+    )
+    state = Fleet(work, repo, work / "store", server, sidecar, opa_url, persisting_url)
     try:
         wait_until(state.channel_revision, 60, f"the first publish:\n{sidecar.output()}")
         wait_until(
@@ -102,6 +109,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         )
         yield state
     finally:
+        persisting.stop()
         opa.stop()
         sidecar.stop()
 
@@ -136,7 +144,14 @@ def test_deltas_and_snapshots_give_opa_the_same_data(fleet: Fleet) -> None:
         wait_until(
             lambda want=revision: active_revision(fleet.opa) == want, 30, f"OPA to activate ({context})"
         )
-        assert opa_data(fleet.opa, "nauthera_data") == snapshot_data(fleet.bundle_file(revision)), context
+        expected_data = snapshot_data(fleet.bundle_file(revision))
+        assert opa_data(fleet.opa, "nauthera_data") == expected_data, context
+        wait_until(
+            lambda want=revision: active_revision(fleet.persisting) == want,
+            30,
+            f"the persisting OPA to activate the snapshot ({context})",
+        )
+        assert opa_data(fleet.persisting, "nauthera_data") == expected_data, context
     assert published >= EDITS // 3, "most edits published a revision"
     assert metric(fleet.server, "nauthera_bundle_deltas_total") - deltas_before >= published - 1
 
@@ -160,13 +175,13 @@ def test_an_agent_without_a_revision_gets_the_snapshot(fleet: Fleet) -> None:
     revision = fleet.channel_revision()
     assert revision is not None
     fresh = requests.get(
-        f"{fleet.server}/bundles/stable", headers={"Prefer": "modes=snapshot,delta"}, timeout=10
+        f"{fleet.server}/bundles/stable", headers={"Prefer": "modes=snapshot,delta", **OPT_IN}, timeout=10
     )
     assert fresh.status_code == 200
     assert fresh.content == fleet.bundle_file(revision).read_bytes()
     unknown = requests.get(
         f"{fleet.server}/bundles/stable",
-        headers={"If-None-Match": '"no-such-revision"', "Prefer": "modes=snapshot,delta"},
+        headers={"If-None-Match": '"no-such-revision"', "Prefer": "modes=snapshot,delta", **OPT_IN},
         timeout=10,
     )
     assert unknown.content == fresh.content
@@ -176,6 +191,23 @@ def test_an_agent_without_a_revision_gets_the_snapshot(fleet: Fleet) -> None:
         timeout=10,
     )
     assert no_delta.content == fresh.content
+
+
+def test_deltas_go_only_to_agents_that_opt_in(fleet: Fleet) -> None:
+    """OPA offers `delta` in every request, even with `persist: true`, where it then refuses one: an
+    agent that names an older revision gets a delta only with the opt-in header."""
+    before = fleet.channel_revision()
+    fleet.repo.change()
+    wait_until(lambda: fleet.channel_revision() not in (before, None), 30, "the publish")
+    current = fleet.channel_revision()
+    assert before is not None and current is not None
+    asked = {"If-None-Match": f'"{before}"', "Prefer": "modes=snapshot,delta"}
+    plain = requests.get(f"{fleet.server}/bundles/stable", headers=asked, timeout=10)
+    assert plain.status_code == 200
+    assert plain.content == fleet.bundle_file(current).read_bytes()
+    opted_in = requests.get(f"{fleet.server}/bundles/stable", headers={**asked, **OPT_IN}, timeout=10)
+    assert opted_in.status_code == 200
+    assert "patch.json" in bundle_entries(opted_in.content, "delta")
 
 
 def _revision(bundle: Path) -> str:

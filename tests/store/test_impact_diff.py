@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from nauthera.store.diff import diff_bundles
-from nauthera.store.folder import BundleStore
+from nauthera.store.folder import FolderStore
 from nauthera.store.impact import impact
 from nauthera.targets.base import CompileOptions
 from nauthera.targets.outputs import compile_policies
@@ -47,8 +47,8 @@ def changed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def store(example_bundle: Path, changed_bundle: Path, tmp_path: Path) -> BundleStore:
-    bundle_store = BundleStore(tmp_path / "store")
+def store(example_bundle: Path, changed_bundle: Path, tmp_path: Path) -> FolderStore:
+    bundle_store = FolderStore(tmp_path / "store")
     bundle_store.publish(example_bundle, "stable")
     bundle_store.publish(changed_bundle, "canary")
     return bundle_store
@@ -120,7 +120,7 @@ def test_diff_ignores_what_does_not_change_meaning(example_bundle: Path, tmp_pat
     assert opened["settings"] == [{"field": "settings.fail_closed", "before": True, "after": False}]
 
 
-def test_diff_command_text_json_and_exit_code(store: BundleStore, invoke: Invoke) -> None:
+def test_diff_command_text_json_and_exit_code(store: FolderStore, invoke: Invoke) -> None:
     text = invoke("bundle", "diff", "stable", "canary", "--store", store.root)
     assert text.exit_code == 0
     assert text.stdout.splitlines()[1:] == [
@@ -166,7 +166,7 @@ def test_impact_on_examples_lists_exactly_the_changed_clients(
 
 
 def test_impact_command_exit_codes_and_formats(
-    store: BundleStore, changed_bundle: Path, invoke: Invoke
+    store: FolderStore, changed_bundle: Path, invoke: Invoke
 ) -> None:
     result = invoke("impact", "--store", store.root, "--from", "stable", "--to", "canary", CLIENTS)
     assert result.exit_code == 1, "a newly denied client fails the rollout check"

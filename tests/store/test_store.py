@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from nauthera.errors import InputError, NotABundleError
-from nauthera.store.folder import BundleStore, RevisionInfo, StoreError
+from nauthera.store.base import RevisionInfo, StoreError
+from nauthera.store.folder import FolderStore
 from nauthera.targets.opa.bundle import RevisionError, read_bundle, write_tarball
 from nauthera.targets.opa.signing import sign_bundle
 
@@ -28,7 +29,7 @@ from .conftest import Invoke, Keys, with_revision
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _assert_consistent(store: BundleStore) -> None:
+def _assert_consistent(store: FolderStore) -> None:
     """Every channel names a complete revision whose bundle matches its recorded digest."""
     assert store.fsck() == []
     for channel, revision in store.channels().items():
@@ -65,7 +66,7 @@ def _git_repo_bundle(example_bundle: Path, tmp_path: Path) -> tuple[Path, str]:
 
 def test_publish_records_an_immutable_revision_with_metadata(example_bundle: Path, tmp_path: Path) -> None:
     bundle, commit = _git_repo_bundle(example_bundle, tmp_path)
-    store = BundleStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     assert not (tmp_path / "store").exists(), "the layout is created on the first write"
     info = store.publish(bundle)
     assert info.revision == "from-git"
@@ -104,7 +105,7 @@ def test_publish_records_an_immutable_revision_with_metadata(example_bundle: Pat
 def test_publishing_the_same_bytes_is_idempotent_and_different_bytes_are_refused(
     example_bundle: Path, tmp_path: Path
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     first = store.publish(example_bundle)
     again = store.publish(example_bundle, "canary")
     assert again == first
@@ -121,12 +122,12 @@ def test_publishing_the_same_bytes_is_idempotent_and_different_bytes_are_refused
 def test_signer_key_id_is_recorded(example_bundle: Path, keys: Keys, tmp_path: Path) -> None:
     signed = with_revision(example_bundle, "signed", tmp_path / "signed.tar.gz")
     sign_bundle(signed, keys.rsa_private.read_bytes(), "RS256", "release-2025")
-    info = BundleStore(tmp_path / "store").publish(signed, None)
+    info = FolderStore(tmp_path / "store").publish(signed, None)
     assert info.signer_key_id == "release-2025"
 
 
 def test_promote_and_rollback_restore_byte_identical_content(example_bundle: Path, tmp_path: Path) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     bundles = {
         name: with_revision(example_bundle, name, tmp_path / f"{name}.tar.gz") for name in ("a", "b", "c")
     }
@@ -152,7 +153,7 @@ def test_promote_and_rollback_restore_byte_identical_content(example_bundle: Pat
 
 
 def test_every_move_replaces_the_pointer_file(example_bundle: Path, tmp_path: Path) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     store.publish(with_revision(example_bundle, "a", tmp_path / "a.tar.gz"))
     pointer = store.pointer_file("stable")
     seen = [(pointer.stat().st_ino, pointer.read_bytes())]
@@ -168,7 +169,7 @@ def test_every_move_replaces_the_pointer_file(example_bundle: Path, tmp_path: Pa
 
 
 def test_gc_keeps_the_newest_and_everything_a_channel_needs(example_bundle: Path, tmp_path: Path) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     for index in range(1, 7):
         store.publish(with_revision(example_bundle, f"r{index}", tmp_path / f"r{index}.tar.gz"), None)
     store.promote("r1", "stable")
@@ -192,7 +193,7 @@ def test_gc_keeps_the_newest_and_everything_a_channel_needs(example_bundle: Path
 def test_unsafe_revision_and_channel_names_are_refused(
     example_bundle: Path, tmp_path: Path, bad: str
 ) -> None:
-    store = BundleStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     with pytest.raises((StoreError, RevisionError)):
         store.publish(with_revision(example_bundle, bad or "-", tmp_path / "bad.tar.gz"))
     with pytest.raises(StoreError):
@@ -206,18 +207,18 @@ def test_not_a_bundle_is_an_input_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not gzip")
     with pytest.raises(NotABundleError, match="not a Nauthera bundle"):
-        BundleStore(tmp_path / "store").publish(junk)
+        FolderStore(tmp_path / "store").publish(junk)
     with pytest.raises(InputError, match="no such bundle"):
-        BundleStore(tmp_path / "store").publish(tmp_path / "missing.tar.gz")
+        FolderStore(tmp_path / "store").publish(tmp_path / "missing.tar.gz")
 
 
 _PUBLISHER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from nauthera.store.folder import BundleStore
+    from nauthera.store.folder import FolderStore
 
-    store = BundleStore(Path(sys.argv[1]))
+    store = FolderStore(Path(sys.argv[1]))
     for bundle in sys.argv[3:]:
         store.publish(Path(bundle), sys.argv[2])
     """
@@ -244,7 +245,7 @@ def test_concurrent_publishers_record_every_revision(example_bundle: Path, tmp_p
         for w, batch in enumerate(batches)
     ]
     assert [p.wait(timeout=120) for p in processes] == [0] * workers
-    store = BundleStore(root)
+    store = FolderStore(root)
     revisions = store.revisions()
     assert {r.revision for r in revisions} == {
         b.name.removesuffix(".tar.gz") for batch in batches for b in batch
@@ -297,7 +298,7 @@ def test_a_publish_killed_at_any_instant_leaves_the_store_consistent(
     revision, and between the revision's rename and the channel's move. Each time every channel still
     names a complete revision matching its digest, and repeating the publish completes it."""
     root = tmp_path / "store"
-    store = BundleStore(root)
+    store = FolderStore(root)
     store.publish(with_revision(example_bundle, "base", tmp_path / "base.tar.gz"), "stable")
     env = {**os.environ, "PYTHONPATH": str(REPO / "compiler")}
     filler = json.dumps({"x": random.Random(7).randbytes(8_000_000).hex()}).encode()
@@ -394,4 +395,4 @@ def test_cli_publish_list_show_promote_rollback_gc(
 def test_cli_publish_without_channel(example_bundle: Path, tmp_path: Path, invoke: Invoke) -> None:
     result = invoke("bundle", "publish", example_bundle, "--store", tmp_path / "s", "--no-channel")
     assert result.exit_code == 0
-    assert BundleStore(tmp_path / "s").channels() == {}
+    assert FolderStore(tmp_path / "s").channels() == {}

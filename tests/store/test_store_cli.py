@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nauthera.store.folder import BundleStore
+from nauthera.store.folder import FolderStore
 
 from ..conftest import EXAMPLES
 from ..harness.cli import nauthera, read_only, write
@@ -20,7 +20,7 @@ CONFIG_MAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n"
 def store(example_bundle: Path, tmp_path: Path) -> Path:
     """A store with two revisions, `aaaa1111dddd` on stable and canary and `bbbb2222cccc` on nothing
     (set up through the API; the tests use the command line)."""
-    bundles = BundleStore(tmp_path / "store")
+    bundles = FolderStore(tmp_path / "store")
     bundles.publish(with_revision(example_bundle, "bbbb2222cccc", tmp_path / "b.tar.gz"), None)
     bundles.publish(with_revision(example_bundle, "aaaa1111dddd", tmp_path / "a.tar.gz"), "stable")
     bundles.promote("aaaa1111dddd", "canary")

@@ -6,9 +6,10 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from click.core import ParameterSource
 from click.decorators import FC
 
 from nauthera.errors import NautheraError
@@ -19,16 +20,40 @@ DEFAULT_STORE = Path("bundles")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: `--store DIR` (env NAUTHERA_STORE) for every command that reads or writes the bundle store.
-store_option = click.option(
-    "--store",
-    "store",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_STORE,
-    envvar="NAUTHERA_STORE",
-    show_default=True,
-    help="Bundle store folder (env NAUTHERA_STORE).",
-)
+
+def store_option(command: Callable[..., R]) -> Callable[..., R]:
+    """`--store DIR|oci://HOST[:PORT]/REPO|oci+http://...` (env NAUTHERA_STORE) and `--registry-ca FILE`
+    for every command that reads or writes the bundle store: the command gets the opened store as
+    `store` (opening reads nothing; the first read or write reports what is wrong)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, store: str, registry_ca: Path | None, **kwargs: Any) -> R:
+        source = click.get_current_context().get_parameter_source("registry_ca")
+        if source is ParameterSource.ENVIRONMENT and not store.startswith(("oci://", "oci+http://")):
+            registry_ca = None  # NAUTHERA_REGISTRY_CA set for registries; this command uses a folder
+        # Imported here: `compile` and `check` share this module and need no store (nor its signing code).
+        from nauthera.store.base import open_store  # noqa: PLC0415
+
+        try:
+            opened = open_store(store, registry_ca=registry_ca)
+        except NautheraError as error:
+            fail(error)
+        return command(*args, store=opened, **kwargs)
+
+    wrapper = click.option(
+        "--registry-ca",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        envvar="NAUTHERA_REGISTRY_CA",
+        help="PEM CA certificate(s) to trust for an oci:// store, besides the system's.",
+    )(wrapper)
+    return click.option(
+        "--store",
+        "store",
+        default=str(DEFAULT_STORE),
+        envvar="NAUTHERA_STORE",
+        show_default=True,
+        help="Bundle store: a folder, oci://HOST[:PORT]/REPOSITORY or oci+http://... (env NAUTHERA_STORE).",
+    )(wrapper)
 
 
 def format_option(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2
+from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2, format_option
 from nauthera.cli.serve import _logging, _state, server_options
 from nauthera.serve.server import ServerState, create_app, parse_listen, run, serve
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from nauthera.kube.inventory import Inventory
     from nauthera.kube.leader import LeaderElector
     from nauthera.kube.reconcile import Operator
+    from nauthera.store.base import BundleStore
 
 ENFORCE = ("opa", "gatekeeper", "both")
 _kubeconfig_option = click.option(
@@ -35,7 +36,14 @@ _kubeconfig_option = click.option(
     show_default=True,
     help="`cluster` (AuthPolicy resources) or a policy folder / Git checkout, watched like the sidecar's.",
 )
-@click.option("--enforce", type=click.Choice(ENFORCE), default="opa", show_default=True)
+@click.option(
+    "--enforce",
+    type=click.Choice(ENFORCE),
+    default="opa",
+    show_default=True,
+    help="Who enforces at admission: OPA pulling the served bundle, Gatekeeper objects the operator "
+    "applies, or both.",
+)
 @server_options(
     "Channel each good compile is published to and served on; also the channel of agents whose bundle "
     "name is not a channel."
@@ -58,7 +66,7 @@ def operator_command(
     kubeconfig: Path | None,
     policies: str,
     enforce: str,
-    store_dir: Path,
+    store: BundleStore,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -88,7 +96,7 @@ def operator_command(
                 f"{policies!r} is neither `cluster` nor a folder", param_hint="--policies"
             )
         policy_paths = (folder,)
-    state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key)
     host, port = parse_listen(listen)
     client = KubeClient(kubeconfig)
     name = identity()
@@ -175,9 +183,7 @@ def _inventory_text(inventory: Inventory) -> str:
 
 @click.command("inventory")
 @_kubeconfig_option
-@click.option(
-    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@format_option(("text", "json"))
 @errors_exit_2
 def inventory_command(kubeconfig: Path | None, output_format: str) -> None:
     """Every AuthClient with its governing policies, compliance and findings; every AuthPolicy with its

@@ -19,7 +19,7 @@ from nauthera.compile.durations import DurationError, parse_duration_ns
 from nauthera.errors import NautheraError
 from nauthera.serve.server import ServerConfig, ServerState, create_app, parse_listen, read_token, run, serve
 from nauthera.serve.sidecar import Sidecar
-from nauthera.store.folder import BundleStore
+from nauthera.store.base import BundleStore
 
 if TYPE_CHECKING:
     from nauthera.serve.push import OpaPusher
@@ -43,7 +43,7 @@ def _seconds(text: str, option: str) -> float:
 
 def server_options(channel_help: str) -> Callable[[Any], Any]:
     """Options shared by `serve` and `sidecar`; `--channel` means a little more for the sidecar."""
-    options = [
+    options: list[Callable[[Any], Any]] = [
         store_option,
         click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to bind."),
         click.option(
@@ -92,7 +92,7 @@ def _tls_pair(tls_cert: Path | None, tls_key: Path | None) -> None:
 
 
 def _state(
-    store: Path,
+    store: BundleStore,
     token_file: Path | None,
     channel: str,
     stale_after: str,
@@ -105,16 +105,15 @@ def _state(
         token=read_token(token_file),
         stale_after=_seconds(stale_after, "--stale-after"),
     )
-    bundle_store = BundleStore(store)
-    bundle_store.channels()  # a store that cannot be read is an error now, not in the server's start-up
-    return ServerState(bundle_store, config)
+    store.channels()  # a store that cannot be read is an error now, not in the server's start-up
+    return ServerState(store, config)
 
 
 @click.command("serve")
 @server_options("Channel of agents whose bundle name is not a channel (nor labelled nauthera.io/channel).")
 @errors_exit_2
 def serve_command(
-    store: Path,
+    store: BundleStore,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -154,7 +153,7 @@ def serve_command(
 @errors_exit_2
 def sidecar_command(
     sources: tuple[Path, ...],
-    store: Path,
+    store: BundleStore,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from nauthera.cli.common import EXIT_FINDINGS, EXIT_OK, errors_exit_2, format_option, store_option
+from nauthera.store.base import BundleStore, RevisionInfo
 from nauthera.store.diff import diff_bundles, diff_text
-from nauthera.store.folder import BundleStore, RevisionInfo
 from nauthera.store.impact import NEWLY_DENIED, impact, impact_text
 from nauthera.targets.opa.signing import ALGORITHMS, read_key, verify_bundle
 
@@ -109,7 +109,7 @@ def bundle() -> None:
 @errors_exit_2
 def publish(
     bundle_file: Path,
-    store: Path,
+    store: BundleStore,
     channel: str,
     no_channel: bool,
     message: str | None,
@@ -118,7 +118,7 @@ def publish(
 ) -> None:
     """Record BUNDLE as an immutable revision and point --channel at it."""
     target = None if no_channel else channel
-    info = BundleStore(store).publish(bundle_file, target, message=message, author=author)
+    info = store.publish(bundle_file, target, message=message, author=author)
     channels = [target] if target else []
     text = f"published revision {info.revision}" + (f" to channel {target}" if target else "") + "\n"
     _emit(output_format, _info_json(info, channels), text)
@@ -128,13 +128,12 @@ def publish(
 @store_option
 @_format_option
 @errors_exit_2
-def list_revisions(store: Path, output_format: str) -> None:
+def list_revisions(store: BundleStore, output_format: str) -> None:
     """List revisions, newest first, with the channels that point at them."""
-    bundle_store = BundleStore(store)
-    by_revision = _channels_by_revision(bundle_store)
-    revisions = bundle_store.revisions()
+    by_revision = _channels_by_revision(store)
+    revisions = store.revisions()
     document = {
-        "channels": bundle_store.channels(),
+        "channels": store.channels(),
         "revisions": [_info_json(i, by_revision.get(i.revision, [])) for i in revisions],
     }
     rows = [
@@ -151,7 +150,7 @@ def list_revisions(store: Path, output_format: str) -> None:
     _emit(
         output_format,
         document,
-        _table(LIST_COLUMNS, rows, {"POLICIES"}) if rows else f"no revisions in {store}\n",
+        _table(LIST_COLUMNS, rows, {"POLICIES"}) if rows else f"no revisions in {store.location}\n",
     )
 
 
@@ -160,12 +159,11 @@ def list_revisions(store: Path, output_format: str) -> None:
 @store_option
 @_format_option
 @errors_exit_2
-def show(ref: str, store: Path, output_format: str) -> None:
+def show(ref: str, store: BundleStore, output_format: str) -> None:
     """Show a revision's metadata and per-policy digests (a channel name shows its current revision)."""
-    bundle_store = BundleStore(store)
-    info = bundle_store.info(bundle_store.resolve(ref))
-    channels = _channels_by_revision(bundle_store).get(info.revision, [])
-    document = {**_info_json(info, channels), "bundle": str(bundle_store.bundle_path(info.revision))}
+    info = store.info(store.resolve(ref))
+    channels = _channels_by_revision(store).get(info.revision, [])
+    document = {**_info_json(info, channels), "bundle": store.bundle_reference(info.revision)}
     _emit(output_format, document, _info_text(info, channels, policies=True))
 
 
@@ -176,10 +174,9 @@ def show(ref: str, store: Path, output_format: str) -> None:
 @_format_option
 @click.option("--exit-code", is_flag=True, help="Exit 1 when the policies differ.")
 @errors_exit_2
-def diff(ref_a: str, ref_b: str, store: Path, output_format: str, exit_code: bool) -> None:
+def diff(ref_a: str, ref_b: str, store: BundleStore, output_format: str, exit_code: bool) -> None:
     """What changed from REV_A to REV_B, in policy terms (revisions, channels or bundle files)."""
-    bundle_store = BundleStore(store)
-    (path_a, label_a), (path_b, label_b) = _resolve(bundle_store, ref_a), _resolve(bundle_store, ref_b)
+    (path_a, label_a), (path_b, label_b) = _resolve(store, ref_a), _resolve(store, ref_b)
     result = diff_bundles(path_a, path_b, (label_a, label_b))
     _emit(output_format, result.as_json(), diff_text(result))
     sys.exit(EXIT_FINDINGS if exit_code and result.policies_differ else EXIT_OK)
@@ -191,12 +188,11 @@ def diff(ref_a: str, ref_b: str, store: Path, output_format: str, exit_code: boo
 @store_option
 @_format_option
 @errors_exit_2
-def promote(ref: str, channel: str, store: Path, output_format: str) -> None:
+def promote(ref: str, channel: str, store: BundleStore, output_format: str) -> None:
     """Point --channel at a stored revision (or at what another channel points at)."""
-    bundle_store = BundleStore(store)
-    revision = bundle_store.resolve(ref)
-    before = bundle_store.channel_revision(channel)
-    bundle_store.promote(revision, channel)
+    revision = store.resolve(ref)
+    before = store.channel_revision(channel)
+    store.promote(revision, channel)
     document = {"channel": channel, "from": before, "to": revision}
     _emit(output_format, document, f"{channel}: {before or '(new)'} → {revision}\n")
 
@@ -206,11 +202,10 @@ def promote(ref: str, channel: str, store: Path, output_format: str) -> None:
 @store_option
 @_format_option
 @errors_exit_2
-def rollback(channel: str, store: Path, output_format: str) -> None:
+def rollback(channel: str, store: BundleStore, output_format: str) -> None:
     """Move --channel back to the revision it pointed at before its last move."""
-    bundle_store = BundleStore(store)
-    before = bundle_store.channel_revision(channel)
-    after = bundle_store.rollback(channel)
+    before = store.channel_revision(channel)
+    after = store.rollback(channel)
     document = {"channel": channel, "from": before, "to": after}
     _emit(output_format, document, f"{channel}: {before} → {after} (rolled back)\n")
 
@@ -246,17 +241,16 @@ def verify(
     signing_alg: str | None,
     scope: str,
     exclude: tuple[str, ...],
-    store: Path,
+    store: BundleStore,
     output_format: str,
 ) -> None:
     """Check BUNDLE's .signatures.json the way OPA does (BUNDLE: a file, revision or channel)."""
-    bundle_store = BundleStore(store)
-    path, label = _resolve(bundle_store, ref)
+    path, label = _resolve(store, ref)
     problems = verify_bundle(
         path, read_key(key_file), signing_alg, key_id, scope=scope, exclude_files=exclude
     )
     if not Path(ref).is_file():
-        info = bundle_store.info(bundle_store.resolve(ref))
+        info = store.info(store.resolve(ref))
         if hashlib.sha256(path.read_bytes()).hexdigest() != info.digest:
             problems.append(f"the stored bundle does not match its recorded sha256 {info.digest}")
     document = {"bundle": label, "path": str(path), "ok": not problems, "problems": problems}
@@ -275,9 +269,9 @@ def verify(
 @store_option
 @_format_option
 @errors_exit_2
-def gc(keep: int, dry_run: bool, store: Path, output_format: str) -> None:
+def gc(keep: int, dry_run: bool, store: BundleStore, output_format: str) -> None:
     """Delete all but the newest --keep revisions; never one a channel points at or rolls back to."""
-    deleted = BundleStore(store).gc(keep, dry_run=dry_run)
+    deleted = store.gc(keep, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     text = f"{verb} {len(deleted)} revision{'' if len(deleted) == 1 else 's'}" + (
         ": " + ", ".join(deleted) if deleted else ""
@@ -293,14 +287,13 @@ def gc(keep: int, dry_run: bool, store: Path, output_format: str) -> None:
 @_format_option
 @errors_exit_2
 def impact_command(
-    store: Path, from_ref: str, to_ref: str, paths: tuple[Path, ...], output_format: str
+    store: BundleStore, from_ref: str, to_ref: str, paths: tuple[Path, ...], output_format: str
 ) -> None:
     """Which AuthClients under PATHS a change from --from to --to newly denies, allows, or denies differently.
 
     Exit 1 when any client becomes newly denied.
     """
-    bundle_store = BundleStore(store)
-    (before, label_a), (after, label_b) = _resolve(bundle_store, from_ref), _resolve(bundle_store, to_ref)
+    (before, label_a), (after, label_b) = _resolve(store, from_ref), _resolve(store, to_ref)
     report = impact(before, after, list(paths), (label_a, label_b))
     for note in report.notes:
         click.echo(f"{note.position}: {note.level}: {note.message} [{note.code}]", err=True)

@@ -43,7 +43,7 @@ from nauthera.kube.compiler import CompiledBundle, compile_documents
 from nauthera.kube.gatekeeper import apply_objects, fingerprint
 from nauthera.kube.policies import CheckedPolicy, check_folder, check_object
 from nauthera.kube.watch import Change, ChangeQueue, Reflector, compact
-from nauthera.store.folder import BundleStore
+from nauthera.store.base import BundleStore
 
 log = logging.getLogger("nauthera.kube.operator")
 #: Clients per `opa eval`: bounds the input document and the answer held in memory at once.

@@ -6,10 +6,13 @@ memory), a held long poll is an entry in a list with a timer (no task per reques
 disk or a computation (a bundle read, the data tree of a revision, a delta) is done once, off the
 event loop, and shared by every request waiting for it.
 
-An agent whose `If-None-Match` names a revision the server can read, and whose `Prefer` header offers
-`delta` (OPA always does), gets a delta bundle from that revision to the channel's. An agent with no
-ETag (a fresh or restarted OPA), an unknown revision, or a bundle that cannot be patched (signed, or
-with other Rego) gets the snapshot, as does one for whom the delta would not be smaller.
+An agent that opts in to deltas (the `Nauthera-Delta-Bundles: on` header, set in its service's
+`headers`), whose `If-None-Match` names a revision the server can read and whose `Prefer` header offers
+`delta` gets a delta bundle from that revision to the channel's. Deltas are opt-in because OPA offers
+`delta` in every request, yet refuses to activate one when its bundle has `persist: true` (and then
+stays on its old revision for good). An agent with no ETag (a fresh or restarted OPA), an unknown
+revision, or a bundle that cannot be patched (signed, or with other Rego) gets the snapshot, as does one
+for whom the delta would not be smaller.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
 from nauthera.serve.http import Reply
-from nauthera.store.folder import BundleStore
+from nauthera.store.base import BundleStore
 from nauthera.targets.opa.bundle import bundle_entries
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
@@ -36,6 +39,8 @@ from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, 
 BUNDLE_MEDIA_TYPE = b"application/vnd.openpolicyagent.bundles"
 _WAIT = re.compile(r"wait=(\d+)")
 _MODES = re.compile(r"modes=([a-z,]+)")
+#: The request header by which an agent asks for delta bundles (value `on`): see the module docstring.
+DELTA_OPT_IN = b"nauthera-delta-bundles"
 #: Revisions whose bundle bytes, data trees and deltas are kept in memory.
 SNAPSHOTS_KEPT = 8
 STATES_KEPT = 8
@@ -54,7 +59,7 @@ class BundleRequest:
     etag: str | None
     #: Seconds to hold the request while nothing changes (`Prefer: wait=N`, capped); None: no wait.
     wait: float | None
-    #: Whether `Prefer: modes=...` offers `delta`.
+    #: Whether the agent opted in to deltas and `Prefer: modes=...` offers `delta`.
     delta: bool
     authorization: str | None = None
 
@@ -68,7 +73,11 @@ class BundleRequest:
             channel,
             etag.decode("latin-1").strip().removeprefix("W/").strip('"') or None if etag else None,
             min(float(wait.group(1)), max_wait) if wait else None,
-            bool(modes and "delta" in modes.group(1).split(",")),
+            bool(
+                modes
+                and "delta" in modes.group(1).split(",")
+                and headers.get(DELTA_OPT_IN, b"").strip().lower() == b"on"
+            ),
             authorization.decode("latin-1") if authorization is not None else None,
         )
 
@@ -139,27 +148,31 @@ class ChannelWatcher:
         self.interval = interval
         self.states: dict[str, ChannelState] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._stamps: dict[str, tuple[int, int, int]] = {}
+        self._stamps: dict[str, Hashable] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self.held = 0
         self.closing = False
 
+    def changes(self) -> list[tuple[str, str | None]]:
+        """Channels whose stamp changed since the last look, with their revisions (a stat per channel in
+        a folder, a HEAD per channel tag in a registry): blocking I/O, run off the event loop."""
+        moved = []
+        for channel, stamp in self.store.channel_stamps().items():
+            if self._stamps.get(channel) != stamp:
+                moved.append((channel, self.store.channel_revision(channel)))
+                self._stamps[channel] = stamp
+        return moved
+
     def refresh(self) -> None:
-        """Re-read channels whose pointer file changed since the last look (one stat each)."""
-        for channel in self.store.channels():
-            try:
-                stat = self.store.pointer_file(channel).stat()
-            except OSError:
-                continue
-            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if self._stamps.get(channel) == stamp:
-                continue
-            self._stamps[channel] = stamp
-            self.notify(channel)
+        for channel, revision in self.changes():
+            self.moved(channel, revision)
 
     def notify(self, channel: str) -> None:
         """Take the channel's revision from the store and answer its waiters if it moved."""
-        revision = self.store.channel_revision(channel)
+        self.moved(channel, self.store.channel_revision(channel))
+
+    def moved(self, channel: str, revision: str | None) -> None:
+        """Record the channel's revision and answer its waiters if it moved (on the event loop)."""
         previous = self.states.get(channel)
         if (previous.revision if previous else None) == revision:
             return
@@ -233,7 +246,8 @@ class ChannelWatcher:
         self.loop = asyncio.get_running_loop()
         while True:
             try:
-                self.refresh()
+                for channel, revision in await asyncio.to_thread(self.changes):
+                    self.moved(channel, revision)
             except (OSError, NautheraError) as error:
                 log.warning("cannot read the store: %s", error)
             await asyncio.sleep(self.interval)
@@ -371,7 +385,7 @@ class BundleService:
         return snapshot, False
 
     async def _read(self, revision: str) -> bytes:
-        return await asyncio.to_thread(lambda: self.store.bundle_path(revision).read_bytes())
+        return await asyncio.to_thread(self.store.bundle_bytes, revision)
 
     async def _state(self, revision: str) -> BundleState | None:
         async def load() -> BundleState | None:

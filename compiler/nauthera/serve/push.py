@@ -18,7 +18,7 @@ from opa_client.errors import PolicyNotFoundError
 from opa_client.opa import OpaClient
 
 from nauthera.errors import NautheraError
-from nauthera.store.folder import BundleStore
+from nauthera.store.base import BundleStore
 from nauthera.targets.opa.bundle import DATA_FILE, DATA_ROOT, read_bundle
 
 log = logging.getLogger("nauthera.sidecar")

@@ -2,7 +2,8 @@
 
 `GET /bundles/<channel>` is answered natively by `serve.bundles` over `serve.http` (the path thousands
 of agents hit); the other endpoints are Starlette routes. Long polls wait for the channel to move: a
-watcher stats each channel's pointer file every `poll_interval`, and an in-process publisher (the
+watcher polls each channel's stamp (a pointer file's stat, a registry tag's digest) every
+`poll_interval` (at least the store's own), and an in-process publisher (the
 sidecar) announces its revisions directly, with the bundle and its data tree, so nothing is read back.
 """
 
@@ -41,7 +42,7 @@ from nauthera.serve.bundles import (
 )
 from nauthera.serve.fleet import AgentRegistry, DecisionLog
 from nauthera.serve.http import HttpLimits, HttpRequest, HttpServer, Reply
-from nauthera.store.folder import BundleStore
+from nauthera.store.base import BundleStore
 from nauthera.targets.opa.delta import BundleState
 
 BUNDLES_PREFIX = b"/bundles/"
@@ -115,7 +116,9 @@ class ServerState:
     def __post_init__(self) -> None:
         self.agents = AgentRegistry(self.config.max_agents, self.config.stale_after)
         self.decisions = DecisionLog(self.config.max_decision_events)
-        self.watcher = ChannelWatcher(self.store, self._moved, self.config.poll_interval)
+        self.watcher = ChannelWatcher(
+            self.store, self._moved, max(self.config.poll_interval, self.store.poll_interval)
+        )
         self.bundles = BundleService(
             self.store,
             self.config.token,

@@ -28,7 +28,7 @@ from nauthera.compile.loading import YAML_SUFFIXES
 from nauthera.compile.sources import Source, file_source, folder_sources
 from nauthera.errors import NautheraError
 from nauthera.serve.server import ServerState
-from nauthera.store.folder import BundleFacts
+from nauthera.store.base import BundleFacts
 from nauthera.targets.base import CompileOptions
 from nauthera.targets.opa.incremental import IncrementalBuild, IncrementalCompiler
 

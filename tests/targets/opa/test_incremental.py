@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nauthera.compile.diagnostics import Diagnostic
 from nauthera.compile.sources import folder_sources
-from nauthera.store.folder import bundle_facts
+from nauthera.store.base import bundle_facts
 from nauthera.targets.base import CompileOptions
 from nauthera.targets.opa.bundle import TarballWriter, read_bundle
 from nauthera.targets.opa.incremental import IncrementalCompiler
