@@ -13,6 +13,7 @@ from nauthera.cli import main
 from nauthera.compile import baselines
 from nauthera.compile.baselines import BASELINES, Baseline, Merge, effective_constraints, merge
 from nauthera.compile.diagnostics import Level
+from nauthera.compile.schema import load_schemas
 from nauthera.targets.parameters import policy_parameters
 
 from .test_validation import locate, one, policy_text, run, with_code
@@ -51,6 +52,12 @@ def test_merge_takes_the_stricter_value_of_each_kind(
 ) -> None:
     assert merge(path, first, second) == stricter
     assert baselines.CONSTRAINTS[path] in tuple(Merge)
+
+
+def test_the_grant_types_are_the_crds() -> None:
+    """oauth2.1 means "every grant type of SPEC 1.1 but implicit and password": the CRD's list."""
+    spec = load_schemas()["AuthPolicy"].openapi["properties"]["spec"]["properties"]
+    assert list(baselines.GRANT_TYPES) == spec["allowedGrantTypes"]["items"]["enum"]
 
 
 def test_globs_cannot_be_merged() -> None:
@@ -105,7 +112,7 @@ def test_a_new_baseline_is_one_table_entry(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(
         BASELINES,
         "short-lived",
-        Baseline("short tokens", ("oauth2.1",), {"token.accessTokenTTL": "5m", "enforcePKCE": True}),
+        Baseline(("oauth2.1",), {"token.accessTokenTTL": "5m", "enforcePKCE": True}),
     )
     _, [policy], diagnostics = run(
         tmp_path, policy_text('baselines: [short-lived]\ntoken: {accessTokenTTL: "1h"}\n')

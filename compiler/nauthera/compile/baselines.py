@@ -75,15 +75,14 @@ GRANT_TYPES = (
 class Baseline:
     """A named rule set: the baselines it includes, then its own constraints (by SPEC path)."""
 
-    title: str
     includes: tuple[str, ...]
     constraints: Mapping[str, Any]
 
 
 #: The one table of what each baseline means (SPEC §10).
 BASELINES: dict[str, Baseline] = {
+    # OAuth 2.1 draft, RFC 9700 (OAuth 2.0 Security Best Current Practice).
     "oauth2.1": Baseline(
-        "OAuth 2.1 draft, RFC 9700",
         (),
         {
             "allowedGrantTypes": [g for g in GRANT_TYPES if g not in ("implicit", "password")],
@@ -96,8 +95,8 @@ BASELINES: dict[str, Baseline] = {
             "redirectUris.allowWildcards": False,
         },
     ),
+    # FAPI 2.0 Security Profile.
     "fapi2-security": Baseline(
-        "FAPI 2.0 Security Profile",
         ("oauth2.1",),
         {
             "allowedGrantTypes": ["authorization_code", "refresh_token", "client_credentials"],

@@ -12,16 +12,6 @@ from typing import Any
 from nauthera.compile.baselines import Constraint
 from nauthera.compile.model import Policy
 
-#: What each origin means, for people (the JSON carries the origin's name).
-ORIGINS = {
-    "explicit": "set by the policy",
-    "baseline": "from the baseline",
-    "same": "set by the policy and the baseline alike",
-    "tightened": "the policy's value, stricter than the baseline",
-    "overridden": "the baseline's value; the policy's has no effect",
-    "combined": "the policy's and the baseline's lists intersected",
-}
-
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
