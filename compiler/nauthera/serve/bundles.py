@@ -15,20 +15,22 @@ with other Rego) gets the snapshot, as does one for whom the delta would not be 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
 from nauthera.serve.http import Reply
-from nauthera.store.folder import BundleStore
+from nauthera.store.folder import BundleStore, check_channel_name
 from nauthera.targets.opa.bundle import bundle_entries
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
@@ -41,6 +43,7 @@ SNAPSHOTS_KEPT = 8
 STATES_KEPT = 8
 DELTAS_KEPT = 32
 log = logging.getLogger("nauthera.server")
+T = TypeVar("T")
 
 
 def json_reply(status: int, document: Any, *headers: tuple[bytes, bytes]) -> Reply:
@@ -129,14 +132,28 @@ class _Waiter:
 
 
 class ChannelWatcher:
-    """Each channel's current revision, and the long polls waiting for it to move."""
+    """Each channel's current revision, and the long polls waiting for it to move.
+
+    A channel moves only to a revision `check` accepts (the server reads and verifies its bundle);
+    while its pointer is unreadable or names a revision that is missing or corrupt, the channel keeps
+    its last good revision and the problem is kept in `faults` (shown by /readyz and /metrics) until
+    the pointer moves to a good one.
+    """
 
     def __init__(
-        self, store: BundleStore, on_move: Callable[[str, str | None], None], interval: float
+        self,
+        store: BundleStore,
+        on_move: Callable[[str, str | None], None],
+        interval: float,
+        check: Callable[[str], None] | None = None,
+        on_fault: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.on_move = on_move
         self.interval = interval
+        self.check = check
+        self.on_fault = on_fault
+        self.faults: dict[str, str] = {}
         self.states: dict[str, ChannelState] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stamps: dict[str, tuple[int, int, int]] = {}
@@ -146,7 +163,7 @@ class ChannelWatcher:
 
     def refresh(self) -> None:
         """Re-read channels whose pointer file changed since the last look (one stat each)."""
-        for channel in self.store.channels():
+        for channel in self.store.channel_names():
             try:
                 stat = self.store.pointer_file(channel).stat()
             except OSError:
@@ -157,12 +174,25 @@ class ChannelWatcher:
             self._stamps[channel] = stamp
             self.notify(channel)
 
-    def notify(self, channel: str) -> None:
-        """Take the channel's revision from the store and answer its waiters if it moved."""
-        revision = self.store.channel_revision(channel)
+    def notify(self, channel: str, checked: bool = False) -> None:
+        """Take the channel's revision from the store and answer its waiters if it moved (to a revision
+        `check` accepts, unless the caller has `checked` it)."""
         previous = self.states.get(channel)
-        if (previous.revision if previous else None) == revision:
+        try:
+            revision = self.store.channel_revision(channel)
+            if revision == (previous.revision if previous else None):
+                self.faults.pop(channel, None)
+                return
+            if revision is not None and self.check is not None and not checked:
+                self.check(revision)
+        except (NautheraError, OSError) as error:
+            if self.faults.get(channel) != str(error):
+                self.faults[channel] = str(error)
+                log.error("channel %s: %s; still serving %s", channel, error, previous and previous.revision)
+                if self.on_fault is not None:
+                    self.on_fault(channel, str(error))
             return
+        self.faults.pop(channel, None)
         self.states[channel] = ChannelState(revision, time.time())
         self.on_move(channel, revision)
         for waiter in self._waiters.pop(channel, []):
@@ -176,9 +206,10 @@ class ChannelWatcher:
         state = self.states.get(channel)
         if state is None:
             try:
-                self.notify(channel)
+                check_channel_name(channel)
             except NautheraError:  # not a channel name the store accepts
                 return None
+            self.notify(channel)
             state = self.states.get(channel)
         return state.revision if state else None
 
@@ -243,6 +274,33 @@ def _nothing() -> None:
     """What `hold` returns when it holds nothing."""
 
 
+async def in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, but in a daemon thread: the process does not wait for it to exit. A compile
+    or a push in progress at SIGTERM would otherwise hold the stop for as long as it takes (the store is
+    crash-safe, so abandoning a publish half-way leaves it consistent)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: Exception | None) -> None:
+        if future.done():
+            return  # the awaiting task was cancelled
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def work() -> None:
+        try:
+            result, error = function(*args), None
+        except Exception as raised:  # handed to the awaiting task, which decides
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=getattr(function, "__name__", "work"), daemon=True).start()
+    return await future
+
+
 def on_loop(loop: asyncio.AbstractEventLoop | None, function: Callable[..., None], *args: Any) -> None:
     """Run `function(*args)` on `loop`: now when called there (or no loop runs yet), else scheduled."""
     try:
@@ -276,10 +334,12 @@ class BundleService:
         self._deltas = _Cache(DELTAS_KEPT)
         self._not_modified: OrderedDict[str, Reply] = OrderedDict()
 
-    def offer(self, revision: str, content: bytes, state: BundleState) -> None:
-        """A revision's bundle and data tree from an in-process compiler: nothing to read or parse."""
+    def offer(self, revision: str, content: bytes, state: BundleState | None = None) -> None:
+        """A revision's bundle (verified, or from an in-process compiler with its data tree): nothing to
+        read again."""
         self._snapshots.put(revision, content)
-        self._states.put(revision, state)
+        if state is not None:
+            self._states.put(revision, state)
 
     def handle(
         self, watcher: ChannelWatcher, request: BundleRequest, reply: Callable[[Reply], None]
@@ -298,7 +358,8 @@ class BundleService:
         revision = watcher.current(request.channel)
         if revision is None:
             self.count("404")
-            reply(json_reply(404, {"error": f"channel {request.channel!r} has no revision"}))
+            shown = request.channel if len(request.channel) <= 64 else request.channel[:64] + "…"
+            reply(json_reply(404, {"error": f"channel {shown!r} has no revision"}))
             return None
         if request.etag != revision:
             self._send(request, revision, reply)
@@ -354,8 +415,8 @@ class BundleService:
                 self._ok(revision, *finished.result(), reply)
                 return
             log.warning("cannot serve revision %s: %s", revision, error)
-            self.count("500")
-            reply(json_reply(500, {"error": f"cannot read revision {revision}"}))
+            self.count("503")
+            reply(json_reply(503, {"error": f"cannot read revision {revision}"}, (b"retry-after", b"5")))
 
         task.add_done_callback(done)
 

@@ -18,6 +18,7 @@ from opa_client.errors import PolicyNotFoundError
 from opa_client.opa import OpaClient
 
 from nauthera.errors import NautheraError
+from nauthera.serve.bundles import in_daemon_thread
 from nauthera.store.folder import BundleStore
 from nauthera.targets.opa.bundle import DATA_FILE, DATA_ROOT, read_bundle
 
@@ -80,15 +81,15 @@ class OpaPusher:
         """Push on every new revision of `channel`, and again whenever the OPA lost what it had (a
         restart)."""
         while True:
-            revision = store.channel_revision(channel)
-            if revision:
-                try:
+            try:
+                revision = store.channel_revision(channel)
+                if revision:
                     bundle = store.bundle_path(revision)
                     modules = [name for name in read_bundle(bundle) if name.endswith(".rego")]
-                    if not await asyncio.to_thread(self.holds, revision, modules):
-                        await asyncio.to_thread(self.push, bundle, revision)
-                except (requests.RequestException, NautheraError, OSError) as error:
-                    log.warning("cannot push to %s yet: %s", self.url, error)
-                except Exception as error:  # opa-python-client raises bare error types of its own
-                    log.warning("OPA at %s refused the push: %s", self.url, error)
+                    if not await in_daemon_thread(self.holds, revision, modules):
+                        await in_daemon_thread(self.push, bundle, revision)
+            except (requests.RequestException, NautheraError, OSError) as error:
+                log.warning("cannot push to %s yet: %s", self.url, error)
+            except Exception as error:  # opa-python-client raises bare error types of its own
+                log.warning("OPA at %s refused the push: %s", self.url, error)
             await asyncio.sleep(interval)

@@ -46,7 +46,7 @@ from nauthera.targets.opa.signing import SIGNATURES_FILE, token_header
 STORE_FORMAT = "nauthera-bundle-store/1"
 BUNDLE_FILE = "bundle.tar.gz"
 META_FILE = "meta.json"
-_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CHANNEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 #: How many earlier revisions a channel remembers for `rollback`.
 HISTORY_LIMIT = 100
 #: A revision prefix must be at least this long to name a revision.
@@ -252,6 +252,22 @@ class BundleStore:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise StoreError(f"{path}: unreadable revision metadata: {error}") from error
 
+    def verified_bundle(self, revision: str) -> bytes:
+        """The revision's bundle, checked against the sha256 and size its metadata records: what a server
+        may hand out. StoreError when the revision is missing, its metadata unreadable or it changed."""
+        info = self.info(revision)
+        try:
+            content = self.bundle_path(revision).read_bytes()
+        except OSError as error:
+            raise StoreError(
+                f"revision {revision}: cannot read its bundle: {error.strerror or error}"
+            ) from error
+        if info.revision != revision:
+            raise StoreError(f"revision {revision}: its metadata names {info.revision}")
+        if len(content) != info.size or hashlib.sha256(content).hexdigest() != info.digest:
+            raise StoreError(f"revision {revision}: bundle does not match its recorded sha256")
+        return content
+
     def revisions(self) -> list[RevisionInfo]:
         """Every stored revision, newest (highest sequence) first."""
         found = []
@@ -297,14 +313,17 @@ class BundleStore:
         """The pointer document: revision, history, updated, generation."""
         return self._pointer(channel)
 
-    def channels(self) -> dict[str, str]:
-        names = sorted(
+    def channel_names(self) -> list[str]:
+        """The channels' names, without reading their pointers (one of which may be unreadable)."""
+        return sorted(
             name[: -len(".json")]
             for name in self._listing(self._channels_dir)
             if name.endswith(".json") and _CHANNEL.match(name[: -len(".json")])
         )
+
+    def channels(self) -> dict[str, str]:
         result = {}
-        for name in names:
+        for name in self.channel_names():
             revision = self.channel_revision(name)
             if revision is not None:
                 result[name] = revision
@@ -577,15 +596,12 @@ class BundleStore:
         problems = []
         for name in self._revision_names():
             try:
-                info = self.info(name)
-                content = self.bundle_path(name).read_bytes()
-            except (StoreError, OSError) as error:
-                problems.append(f"revision {name}: {error}")
-                continue
-            if info.revision != name:
-                problems.append(f"revision {name}: metadata names {info.revision}")
-            if hashlib.sha256(content).hexdigest() != info.digest:
-                problems.append(f"revision {name}: bundle does not match its recorded sha256")
+                self.verified_bundle(name)
+            except StoreError as error:
+                message = str(error)
+                problems.append(
+                    message if message.startswith(f"revision {name}") else f"revision {name}: {message}"
+                )
         stored = set(self._revision_names())
         try:
             channels = self.channels()
