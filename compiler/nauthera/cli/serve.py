@@ -237,6 +237,8 @@ def sidecar_command(
     pusher = _pusher(push_to, read_token(push_token_file)) if push_to else None
     sidecar = Sidecar(list(sources), state, channel, _seconds(debounce, "--debounce"))
     state.readiness = sidecar.readiness
+    if pusher is not None:
+        sidecar.push_status = pusher.status
     host, port = parse_listen(listen)
     sidecar.compile_and_publish()
     run(_run_sidecar(sidecar, pusher, state, host, port, tls_cert, tls_key))
@@ -260,7 +262,8 @@ async def _run_sidecar(
 ) -> None:
     tasks = [asyncio.create_task(sidecar.watch())]
     if pusher is not None:
-        tasks.append(asyncio.create_task(pusher.keep_loaded(state.store, sidecar.channel)))
+        failed = state.metrics.push_failures.inc
+        tasks.append(asyncio.create_task(pusher.keep_loaded(state.store, sidecar.channel, on_failure=failed)))
     try:
         await serve(create_app(state), host, port, tls_cert, tls_key)
     finally:

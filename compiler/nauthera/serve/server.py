@@ -89,6 +89,11 @@ class Metrics:
         self.compile_failures = Counter(
             "nauthera_compile_failures", "Compiles that failed and were not published", registry=self.registry
         )
+        self.push_failures = Counter(
+            "nauthera_push_failures",
+            "Rounds of push mode (--push-to) that could not load the OPA",
+            registry=self.registry,
+        )
         self.bundle_requests = Counter(
             "nauthera_bundle_requests", "Bundle requests by HTTP status", ["code"], registry=self.registry
         )

@@ -106,9 +106,14 @@ class Sidecar:
         self.compiler = IncrementalCompiler(CompileOptions(paths=self.sources, out=Path(os.devnull)))
         self._lock = threading.Lock()
         self._compiled = False
+        #: Push mode's state (`OpaPusher.status`), shown in /readyz when there is one.
+        self.push_status: dict[str, Any] | None = None
 
     def readiness(self) -> dict[str, Any]:
-        return {"last_compile": asdict(self.status)}
+        detail: dict[str, Any] = {"last_compile": asdict(self.status)}
+        if self.push_status is not None:
+            detail["push"] = dict(self.push_status)
+        return detail
 
     def compile_and_publish(self, changed: Iterable[str] | None = None) -> CompileStatus:
         """Compile the sources (only what `changed` touched, when given); publish clean compiles."""
