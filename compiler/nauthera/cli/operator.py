@@ -64,7 +64,7 @@ def operator_command(
     kubeconfig: Path | None,
     policies: str,
     enforce: str,
-    store_dir: Path,
+    store: Path,
     listen: str,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -96,7 +96,7 @@ def operator_command(
                 f"{policies!r} is neither `cluster` nor a folder", param_hint="--policies"
             )
         policy_paths = (folder,)
-    state = _state(store_dir, token_file, channel, stale_after, tls_cert, tls_key, limits)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key, limits)
     host, port = parse_listen(listen)
     client = KubeClient(kubeconfig)
     name = identity()
