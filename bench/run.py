@@ -32,6 +32,7 @@ from bench import (
     compile_bench,
     decision_bench,
     enforcement_bench,
+    fleet_bench,
     operator_bench,
     report,
     server_bench,
@@ -47,6 +48,7 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "server": (server_bench.run, 150),
     "admission": (admission_bench.run, 600),
     "operator": (operator_bench.run, 600),
+    "fleet": (fleet_bench.run, 150),
 }
 
 

@@ -2,8 +2,9 @@
 
 Tests take the `reliability` fixture (tests/conftest.py) and `add` rows; a test that passes leaves them
 in build/reliability/<test>.json (a failing one leaves none). The load benchmark (bench/fleet_bench.py)
-writes its rows into bench/results/fleet.json. `python -m tests.harness.reliability` (`make reliability`)
-renders both into docs/reliability.md, and refuses a row that says a request failed with a server error.
+writes its rows into bench/results/fleet.json (`series.reliability`). `python -m tests.harness.reliability`
+(`make reliability`) renders both into docs/reliability.md, and refuses a row that says a request failed
+with a server error.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Reliability:
 def load_rows() -> list[Row]:
     rows = [Row(**row) for path in sorted(ROWS_DIR.glob("*.json")) for row in json.loads(path.read_text())]
     if BENCH_RESULT.exists():
-        rows += [Row(**row) for row in json.loads(BENCH_RESULT.read_text()).get("reliability", [])]
+        rows += [Row(**row) for row in json.loads(BENCH_RESULT.read_text())["series"].get("reliability", [])]
     return rows
 
 

@@ -62,6 +62,7 @@ _LIMIT_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--max-json-depth", "max_json_depth", "64", "Deepest nesting of arrays and objects in a JSON body."),
     ("--max-agents", "max_agents", "100000", "Agents kept in the fleet view (least recently seen go first)."),
     ("--max-agent-memory", "max_agent_bytes", "128MiB", "Memory the fleet view may take, roughly."),
+    ("--max-decisions", "max_decision_events", "100000", "Denied decisions kept for `decisions` (newest)."),
     ("--head-timeout", "head_timeout", "10s", "Time a client has to send a request's head (408 after)."),
     ("--body-timeout", "body_timeout", "60s", "Time a client has to send a request's body (408 after)."),
     ("--idle-timeout", "idle_timeout", "75s", "Idle keep-alive connections are closed after this."),
