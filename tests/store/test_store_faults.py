@@ -82,7 +82,12 @@ def _fails_clearly(*args: str | Path, **kwargs: int) -> str:
     assert completed.returncode == 2, (completed.returncode, completed.stdout, completed.stderr)
     match = ERROR.search(completed.stderr)
     assert match, completed.stderr
-    return match.group(0)
+    return _shown(match.group(0))
+
+
+def _shown(text: str) -> str:
+    """`text` for docs/reliability.md, with the store's temporary path shown as STORE."""
+    return re.sub(r"/\S*?/store\b", "STORE", text)
 
 
 def _cli(*args: str | Path, file_size_limit: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -107,7 +112,7 @@ def test_server_keeps_the_last_good_revision_through_store_faults(
     pointer.write_text(json.dumps({"channel": "stable", "revision": "rev-missing", "history": [good]}))
     wait_until(lambda: "stable" in served.faults(), 5, "the fault in /readyz")
     assert served.etag() == good and served.metric("nauthera_channels_faulty") == 1
-    fault = served.faults()["stable"]
+    fault = _shown(served.faults()["stable"])
     reliability.add(
         "store", "channel points at a missing revision", f"still serving the last good; /readyz: {fault}"
     )
@@ -150,7 +155,7 @@ def test_server_keeps_the_last_good_revision_through_store_faults(
     reliability.add(
         "store",
         "truncated meta.json of the served revision",
-        f"still serving it; `bundle show`: exit 2, {line.split(': ', 2)[-1][:80]}",
+        f"still serving it; `bundle show`: exit 2, {line[:140]}",
     )
     line = _fails_clearly("bundle", "promote", "rev-missing", "--channel", "stable", "--store", served.store)
     reliability.add("store", "promote to a missing revision", f"exit 2, {line}")
@@ -180,7 +185,7 @@ def test_a_full_disk_mid_publish_leaves_the_store_as_it_was(
     reliability.add(
         "store",
         "disk full mid-publish (RLIMIT_FSIZE at half the bundle)",
-        f"exit 2, {line.split(': ', 2)[-1][:90]}; store unchanged, nothing staged left",
+        f"{line}; exit 2, store unchanged, nothing staged left",
     )
 
 

@@ -69,19 +69,27 @@ _LIMIT_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+#: Upper bounds of the limits (beyond them a value means nothing but an overflow somewhere).
+_MAX_COUNT, _MAX_BYTES, _MAX_SECONDS = 10**9, 2**40, 7 * 24 * 3600
+
+
 def _limits(options: dict[str, str]) -> dict[str, Any]:
     """ServerConfig fields from the limit options' values."""
     fields: dict[str, Any] = {}
     for option, name, _, _ in _LIMIT_OPTIONS:
         text = options[option.removeprefix("--").replace("-", "_")]
         if name.endswith("_bytes"):
-            fields[name] = _bytes(text, option)
+            value: float = _bytes(text, option)
+            ceiling, what = _MAX_BYTES, "1TiB"
         elif name.endswith("_timeout"):
-            fields[name] = _seconds(text, option)
-        elif text.isdigit() and int(text) > 0:
-            fields[name] = int(text)
+            value, ceiling, what = _seconds(text, option), _MAX_SECONDS, "168h"
+        elif text.isdigit():
+            value, ceiling, what = int(text), _MAX_COUNT, f"{_MAX_COUNT:,}"
         else:
             raise click.BadParameter(f"{text!r}: expected a positive whole number", param_hint=option)
+        if not 0 < value <= ceiling:
+            raise click.BadParameter(f"{text!r}: expected more than 0 and at most {what}", param_hint=option)
+        fields[name] = value
     return fields
 
 

@@ -31,7 +31,7 @@ from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
 from nauthera.serve.http import Reply
 from nauthera.store.folder import BundleStore, check_channel_name
-from nauthera.targets.opa.bundle import bundle_entries
+from nauthera.targets.opa.bundle import bundle_entries, is_revision_id
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
 
@@ -395,7 +395,8 @@ class BundleService:
         reply(Reply(200, ((b"content-type", BUNDLE_MEDIA_TYPE), (b"etag", f'"{revision}"'.encode())), body))
 
     def _send(self, request: BundleRequest, revision: str, reply: Callable[[Reply], None]) -> None:
-        since = request.etag if request.delta else None
+        # A delta only from what could be a stored revision: a made-up ETag costs no read or cache entry.
+        since = request.etag if request.delta and request.etag and is_revision_id(request.etag) else None
         if since is not None and (since, revision) in self._deltas:
             body = self._deltas.get((since, revision))
             if body is not None:

@@ -48,6 +48,8 @@ from nauthera.targets.opa.delta import BundleState
 BUNDLES_PREFIX = b"/bundles/"
 #: Distinct bundle requests (target and headers) kept parsed.
 _PARSED_KEPT = 4096
+#: Largest request (target and headers) kept parsed: 4,096 of them then take at most 16 MiB.
+_PARSED_HEAD = 4096
 log = logging.getLogger("nauthera.server")
 
 
@@ -199,7 +201,8 @@ class ServerState:
             parsed = BundleRequest.parse(channel, dict(request.headers), self.config.max_wait)
             if len(self._parsed) >= _PARSED_KEPT:
                 self._parsed.clear()
-            self._parsed[key] = parsed
+            if len(request.target) + sum(len(n) + len(v) for n, v in request.headers) <= _PARSED_HEAD:
+                self._parsed[key] = parsed  # an agent's request; a huge one is not kept
         return self.bundles.handle(self.watcher, parsed, reply)
 
 
@@ -231,9 +234,9 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     so hostile nesting never reaches the decoder's recursion (nor anything that walks the result)."""
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
     for _ in range(max_depth):
-        if not brackets:
+        brackets, removed = _INNERMOST_PAIRS.subn(b"", brackets)
+        if not removed:  # all paired (or what is left cannot pair: the decoder will say so)
             break
-        brackets = _INNERMOST_PAIRS.sub(b"", brackets)
     if brackets and _INNERMOST_PAIRS.search(brackets):
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
     try:
