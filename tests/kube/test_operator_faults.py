@@ -5,14 +5,21 @@ while it holds its watches, its reconcile loop and a held long poll."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from ..conftest import EXAMPLES
 from ..harness.controlplane import ControlPlane
 from ..harness.operator import start_operator
 from ..harness.reliability import Reliability
+from .conftest import wait_for
 
 PATH = "/validate/authpolicies"
 
@@ -103,3 +110,56 @@ def test_operator_exits_at_once_on_sigint(
         "operator with --leader-elect, SIGINT while leading",
         f"exit 0 in {operator.process.stop_seconds:.2f} s",
     )
+
+
+def test_operator_policy_folder_disappears_and_comes_back(
+    open_cluster: ControlPlane, tmp_path: Path, reliability: Reliability
+) -> None:
+    """`--policies DIR`: the folder moved away keeps the last good revision served (the failure in
+    /readyz); moved back with an edit, the operator compiles and serves it without a restart."""
+    folder = tmp_path / "policies"
+    shutil.copytree(EXAMPLES / "policies", folder)
+    operator = start_operator(open_cluster, tmp_path, "folder-fault-operator", "--policies", str(folder))
+    try:
+        good = operator.wait_synced()["revision"]
+        shutil.move(folder, tmp_path / "away")
+        wait_for(lambda: operator.readiness()["stats"]["last_round_error"], 15, "the failure in /readyz")
+        error = operator.readiness()["stats"]["last_round_error"].replace(str(tmp_path), "TMP")
+        assert operator.readiness()["revision"] == good
+        assert _served_revision(operator.url) == good
+        metrics = operator.session.get(f"{operator.url}/metrics", timeout=5).text
+        assert re.search(r"^nauthera_compile_failures_total [1-9]", metrics, re.MULTILINE), metrics
+        reliability.add(
+            "sidecar",
+            "operator --policies: folder removed",
+            f"last good revision served; /readyz: {error[:90]}",
+        )
+        shutil.move(tmp_path / "away", folder)
+        spec_file = folder / "mobile-spa-policy.yaml"
+        spec_file.write_text(spec_file.read_text().replace('accessTokenTTL: "10m"', 'accessTokenTTL: "9m"'))
+        started = time.monotonic()
+        wait_for(
+            lambda: operator.readiness()["revision"] != good,
+            30,
+            "the edit compiled after the folder came back",
+        )
+        wait_for(
+            lambda: _served_revision(operator.url) == operator.readiness()["revision"], 10, "the edit served"
+        )
+        reliability.add(
+            "sidecar",
+            "operator --policies: folder back (with an edit)",
+            f"compiled and served without a restart after {time.monotonic() - started:.1f} s",
+        )
+        # A later edit is still noticed: the folder is watched again.
+        revision = operator.readiness()["revision"]
+        spec_file.write_text(spec_file.read_text().replace('accessTokenTTL: "9m"', 'accessTokenTTL: "8m"'))
+        wait_for(lambda: operator.readiness()["revision"] != revision, 30, "a later edit compiled")
+    finally:
+        operator.stop()
+
+
+def _served_revision(url: str) -> str:
+    response = requests.get(f"{url}/bundles/stable", timeout=5)
+    assert response.status_code == 200, response.text
+    return str(response.headers["etag"]).strip('"')

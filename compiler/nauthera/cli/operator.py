@@ -134,6 +134,7 @@ async def _run_operator(
         loop.call_soon_threadsafe(state.watcher.notify, channel)
 
     operator.published = published
+    operator.failed = state.metrics.compile_failures.inc
     app = create_app(state)
     app.add_route(webhook.PATH, webhook.validate, methods=["POST"])
     operator.start()
