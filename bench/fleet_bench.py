@@ -93,6 +93,17 @@ def _windows(kind: dict[str, Any], seconds: float) -> list[dict[str, float]]:
     return windows
 
 
+def _rounded(kind: dict[str, Any]) -> dict[str, Any]:
+    """`kind` with its latencies as [seconds, ms] rounded to the microsecond (a smaller JSON)."""
+    return {**kind, "latencies": [[round(at, 3), round(ms, 3)] for at, ms in kind["latencies"]]}
+
+
+def _compact(kind: dict[str, Any]) -> dict[str, Any]:
+    """`kind` without its raw latencies: their summary and p99 per window instead."""
+    compact = {key: value for key, value in kind.items() if key != "latencies"}
+    return {**compact, "latency_ms": summary(_latencies(kind))}
+
+
 def _failed(kind: dict[str, Any], expected: str) -> int:
     """Requests that failed, got another answer, or were still unsent when the run ended."""
     unexpected = sum(count for status, count in kind["statuses"].items() if status != expected)
@@ -253,6 +264,9 @@ def run(ws: Workspace, ui: Ui, budget: Budget) -> Result:
     answered = held_after["status_304"] - held_before["status_304"]
     result.series = {
         **data,
+        # Raw latencies of the 304s (the headline figure); the other kinds as summaries per window.
+        "idle": {"probe": _rounded(idle["probe"])},
+        "busy": {name: _rounded(kind) if name == "probe" else _compact(kind) for name, kind in busy.items()},
         "windows": {
             "probe": _windows(busy["probe"], data["seconds"]),
             "status": _windows(busy["status"], data["seconds"]),
