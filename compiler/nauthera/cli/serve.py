@@ -66,6 +66,12 @@ _LIMIT_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--head-timeout", "head_timeout", "10s", "Time a client has to send a request's head (408 after)."),
     ("--body-timeout", "body_timeout", "60s", "Time a client has to send a request's body (408 after)."),
     ("--idle-timeout", "idle_timeout", "75s", "Idle keep-alive connections are closed after this."),
+    (
+        "--send-timeout",
+        "send_timeout",
+        "30s",
+        "A client that reads none of its answers this long is dropped.",
+    ),
 )
 
 

@@ -75,6 +75,7 @@ class ServerConfig:
     head_timeout: float = 10.0
     body_timeout: float = 60.0
     idle_timeout: float = 75.0
+    send_timeout: float = 30.0
 
 
 class Metrics:
@@ -450,6 +451,7 @@ async def serve(
         idle_timeout=config.idle_timeout,
         head_timeout=config.head_timeout,
         body_timeout=config.body_timeout,
+        send_timeout=config.send_timeout,
     )
     server = HttpServer(app, BUNDLES_PREFIX, state.answer_bundle, limits, on_stop=state.watcher.release_all)
     with listener:
