@@ -41,7 +41,14 @@ _kubeconfig_option = click.option(
     show_default=True,
     help="`cluster` (AuthPolicy resources) or a policy folder / Git checkout, watched like the sidecar's.",
 )
-@click.option("--enforce", type=click.Choice(ENFORCE), default="opa", show_default=True)
+@click.option(
+    "--enforce",
+    type=click.Choice(ENFORCE),
+    default="opa",
+    show_default=True,
+    help="gatekeeper or both: also apply the generated ConstraintTemplates and Constraints (the bundle is "
+    "published and served in every mode).",
+)
 @server_options(
     "Channel each good compile is published to and served on; also the channel of agents whose bundle "
     "name is not a channel."
@@ -188,7 +195,12 @@ def _inventory_text(inventory: Inventory) -> str:
 @click.command("inventory")
 @_kubeconfig_option
 @click.option(
-    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for scripts.",
 )
 @errors_exit_2
 def inventory_command(kubeconfig: Path | None, output_format: str) -> None:
