@@ -168,7 +168,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
         del args
 
 
-def test_push_mode_rides_out_an_opa_answering_500_then_hanging_then_restarting(
+def test_push_mode_rides_out_an_opa_failing_then_hanging_then_restarting(
     tmp_path: Path, reliability: Reliability, started: list[Process]
 ) -> None:
     policies = tmp_path / "policies"
