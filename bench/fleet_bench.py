@@ -111,13 +111,13 @@ def _failed(kind: dict[str, Any], expected: str) -> int:
 
 
 def measure(ws: Workspace, ui: Ui, budget: Budget) -> dict[str, Any]:
-    from nauthera.store.folder import BundleStore  # noqa: PLC0415 - only when measuring
+    from nauthera.store.folder import FolderStore  # noqa: PLC0415 - only when measuring
 
     del budget  # a fixed-length run
     agents = QUICK_AGENTS if ws.quick else AGENTS
     seconds = QUICK_SECONDS if ws.quick else SECONDS
     workdir = ws.scratch("fleet")
-    BundleStore(workdir / "store").publish(
+    FolderStore(workdir / "store").publish(
         ws.bundle(BUNDLE_POLICIES), "stable", message="bench", author="bench"
     )
     port = free_port()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from nauthera.store.folder import BundleStore
+from nauthera.store.folder import FolderStore
 
 from ..harness.processes import Process, free_port, nauthera, rss_kib, wait_until
 from ..harness.reliability import Reliability
@@ -44,7 +44,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory, example_bundle: Path) -> Iterator[Server]:
     work = tmp_path_factory.mktemp("hostile")
     shutil.copy(example_bundle, work / "bundle.tar.gz")
-    store = BundleStore(work / "store")
+    store = FolderStore(work / "store")
     revision = store.publish(work / "bundle.tar.gz", "stable").revision
     port = free_port()
     process = nauthera(

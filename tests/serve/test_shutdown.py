@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from nauthera.store.folder import BundleStore
+from nauthera.store.folder import FolderStore
 
 from ..harness.policies import document, random_spec
 from ..harness.processes import Process, free_port, nauthera, stop_all, wait_until, write_policy
@@ -83,7 +83,7 @@ def test_serve_exits_at_once_whatever_it_holds(
     started: list[Process],
 ) -> None:
     shutil.copy(example_bundle, tmp_path / "bundle.tar.gz")
-    revision = BundleStore(tmp_path / "store").publish(tmp_path / "bundle.tar.gz", "stable").revision
+    revision = FolderStore(tmp_path / "store").publish(tmp_path / "bundle.tar.gz", "stable").revision
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = nauthera(
@@ -146,7 +146,7 @@ def test_sidecar_exits_at_once_during_its_first_compile(
     seconds = _stop_within(sidecar, signal.SIGTERM)
     assert "compiled" not in sidecar.output(), "the compile finished before the signal: nothing was tested"
     assert "Traceback" not in sidecar.output()
-    assert BundleStore(tmp_path / "store").fsck() == []
+    assert FolderStore(tmp_path / "store").fsck() == []
     reliability.add(
         "shutdown",
         f"sidecar, SIGTERM during its first compile ({BIG:,} policies)",
@@ -202,7 +202,7 @@ def test_sidecar_exits_at_once_during_a_recompile_and_a_hanging_push(
     )
     assert answers == {b"HTTP/1.1 304 Not Modified"}, answers
     assert "Traceback" not in sidecar.output()
-    assert BundleStore(tmp_path / "store").fsck() == []
+    assert FolderStore(tmp_path / "store").fsck() == []
     reliability.add(
         "shutdown",
         f"sidecar, SIGTERM while recompiling {BIG:,} policies, pushing to a hung OPA, holding 5 long polls",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from nauthera.store.folder import BundleStore
+from nauthera.store.folder import FolderStore
 
 from ..harness.cli import nauthera as run_cli
 from ..harness.processes import Process, free_port, nauthera, wait_until
@@ -64,7 +64,7 @@ def bundles(tmp_path: Path, example_bundle: Path) -> list[Path]:
 @pytest.fixture
 def served(tmp_path: Path, bundles: list[Path]) -> Iterator[Served]:
     store = tmp_path / "store"
-    BundleStore(store).publish(bundles[0], "stable")
+    FolderStore(store).publish(bundles[0], "stable")
     port = free_port()
     process = nauthera("serve", "--store", store, "--listen", f"127.0.0.1:{port}", log=tmp_path / "serve.log")
     url = f"http://127.0.0.1:{port}"
@@ -104,7 +104,7 @@ def _digests(store: Path) -> dict[str, str]:
 def test_server_keeps_the_last_good_revision_through_store_faults(
     served: Served, bundles: list[Path], reliability: Reliability
 ) -> None:
-    store = BundleStore(served.store)
+    store = FolderStore(served.store)
     good = served.etag()
     pointer = store.pointer_file("stable")
 
@@ -173,14 +173,14 @@ def test_a_full_disk_mid_publish_leaves_the_store_as_it_was(
     served: Served, bundles: list[Path], reliability: Reliability
 ) -> None:
     before = _digests(served.store)
-    pointer = BundleStore(served.store).pointer_file("stable").read_bytes()
+    pointer = FolderStore(served.store).pointer_file("stable").read_bytes()
     size = bundles[1].stat().st_size
     line = _fails_clearly("bundle", "publish", bundles[1], "--store", served.store, file_size_limit=size // 2)
     assert "cannot write revision rev-1" in line and "File too large" in line, line
     assert _digests(served.store) == before
-    assert BundleStore(served.store).pointer_file("stable").read_bytes() == pointer
+    assert FolderStore(served.store).pointer_file("stable").read_bytes() == pointer
     assert list((served.store / "tmp").iterdir()) == [], "the failed publish left its staging behind"
-    assert BundleStore(served.store).fsck() == []
+    assert FolderStore(served.store).fsck() == []
     assert served.etag() == "rev-0"
     reliability.add(
         "store",
@@ -198,7 +198,7 @@ def test_sigkill_at_random_moments_loses_and_changes_no_revision(
     """Run publish, promote, rollback and gc in a child and SIGKILL it at a random moment of its run
     (calibrated on a complete run), over and over. After every kill: each stored revision is intact,
     each channel names a complete revision, and the server serves the channel's revision."""
-    store = BundleStore(served.store)
+    store = FolderStore(served.store)
     for bundle in bundles[1:3]:
         store.publish(bundle, "stable")
     rng = random.Random(16)
