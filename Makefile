@@ -4,7 +4,7 @@ TOOLS_BIN := $(CURDIR)/.tools/bin
 TOOL_NAMES := opa regal gator etcd kube-apiserver kubectl gatekeeper registry
 export PATH := $(TOOLS_BIN):$(PATH)
 
-.PHONY: setup deps tools sarif-tool gatekeeper-crds demo demo-kubernetes test lint typecheck rego-gates pytest golden clean bench bench-deps
+.PHONY: setup deps tools sarif-tool gatekeeper-crds demo demo-kubernetes test lint typecheck rego-gates pytest golden clean bench bench-deps reliability
 
 setup: deps tools sarif-tool
 
@@ -83,6 +83,11 @@ pytest:
 
 golden:
 	NAUTHERA_REGEN_GOLDEN=1 $(PYTHON) -m pytest -q tests/targets/opa
+
+# docs/reliability.md from what the probe, fault and load runs measured (build/reliability/*.json,
+# written by `make test`, and bench/results/fleet.json, written by `make bench`).
+reliability:
+	$(PYTHON) -m tests.harness.reliability
 
 test: setup lint typecheck pytest
 

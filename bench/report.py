@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.common import BENCH_DIR, RESULTS_DIR
 
-MEASURES = ("compile", "decision", "enforcement", "server", "admission", "operator", "registry")
+MEASURES = ("compile", "decision", "enforcement", "server", "admission", "operator", "registry", "fleet")
 README = BENCH_DIR / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NONE = "n/a"
@@ -316,6 +316,26 @@ def _plot_server(result: dict[str, Any], plt: Any) -> Any:
     return figure
 
 
+def _plot_fleet(result: dict[str, Any], plt: Any) -> Any:
+    data = result["series"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    timeline = data["rss_mib"]["timeline"]
+    left.plot([p["t"] for p in timeline], [p["rss_mib"] for p in timeline], marker=".", label="under load")
+    left.axhline(
+        data["rss_mib"]["held"], color="grey", linestyle="--", label="holding the long polls, before"
+    )
+    left.set(xlabel="seconds", ylabel="MiB", title="Server RSS over the load", ylim=(0, None))
+    left.legend(fontsize=8)
+    for name, label in (("probe", "304 (conditional GET)"), ("status", "status report (204)")):
+        windows = data["windows"][name]
+        right.plot([w["t"] for w in windows], [w["p99_ms"] for w in windows], marker=".", label=label)
+    right.set(
+        xlabel="seconds", ylabel="p99 ms (5 s windows)", title="Latency p99 under the load", ylim=(0, None)
+    )
+    right.legend(fontsize=8)
+    return figure
+
+
 def _plot_admission(result: dict[str, Any], plt: Any) -> Any:
     from bench.admission_bench import LABELS, ROUTES  # noqa: PLC0415
 
@@ -348,6 +368,7 @@ PLOTS = {
     "enforcement": _plot_enforcement,
     "server": _plot_server,
     "admission": _plot_admission,
+    "fleet": _plot_fleet,
 }
 
 

@@ -32,6 +32,7 @@ from bench import (
     compile_bench,
     decision_bench,
     enforcement_bench,
+    fleet_bench,
     operator_bench,
     registry_bench,
     report,
@@ -49,6 +50,7 @@ MEASURES: dict[str, tuple[Measure, float]] = {
     "admission": (admission_bench.run, 600),
     "operator": (operator_bench.run, 600),
     "registry": (registry_bench.run, 240),
+    "fleet": (fleet_bench.run, 150),
 }
 
 

@@ -29,6 +29,7 @@ from .harness.cli import nauthera
 from .harness.controlplane import ControlPlane, documents, install_crds
 from .harness.gatekeeper import Gatekeeper, GatekeeperCrdsMissingError
 from .harness.opa_webhook import OpaWebhook
+from .harness.reliability import Reliability
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -122,6 +123,28 @@ def gatekeeper(
         yield running
     finally:
         running.stop()
+
+
+_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
+    return report
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
+    """Rows for docs/reliability.md (tests/harness/reliability.py), kept only when the test passes."""
+    rows = Reliability(request.node.nodeid)
+    yield rows
+    if request.node.stash.get(_PASSED, False):
+        rows.save()
+    else:
+        rows.discard()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
 import socket
 import subprocess
@@ -143,7 +144,12 @@ def _baselines(work: Path, busy: str, closed: str) -> dict[str, str]:
 
 
 def hostile_walk(work: Path) -> dict[str, Any]:
-    """Run every command with every hostile value; what went wrong, and how many runs there were."""
+    """Run every command with every hostile value; what went wrong, and how many runs there were.
+
+    It runs in a folder of its own: a hostile value such as `--store -1` is a valid relative path, and
+    what commands create there must not land in the checkout."""
+    (work / "cwd").mkdir(exist_ok=True)
+    os.chdir(work / "cwd")
     paths = [work / "hostile" / name for name in HOSTILE_PATHS]
     with socket.socket() as taken, socket.socket() as released:
         taken.bind(("127.0.0.1", 0))

@@ -538,3 +538,17 @@ def test_load_paths_collects_documents_and_diagnostics_from_every_file(tmp_path:
         ("b.yml", "yaml-duplicate-key"),
         ("c.yaml", "encoding"),
     ]
+
+
+@pytest.mark.parametrize("character", ["\x1f", "\x00", "\x7f", "\ufffe"])
+def test_a_control_character_is_a_diagnostic_at_its_position(character: str) -> None:
+    """Found by fuzzing (issue 16): YAML's reader refuses these with an error that is not a
+    MarkedYAMLError, which used to escape as a traceback."""
+    result = load_text(f"kind: AuthPolicy\nname: a{character}b\n", FILE)
+    assert not result.documents
+    [diagnostic] = result.diagnostics
+    assert diagnostic.code == "yaml-syntax" and (diagnostic.position.line, diagnostic.position.column) == (
+        2,
+        8,
+    )
+    assert f"U+{ord(character):04X}" in diagnostic.message

@@ -7,6 +7,7 @@ drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH for the child with util-linux `se
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import shutil
@@ -27,12 +28,16 @@ def without_override() -> list[str]:
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
 
 
-def _limit_stack() -> None:
-    """Pin the child's stack at the common 8 MiB default so a crash does not depend on `ulimit -s`."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    limit = 8 * 1024 * 1024
-    if hard == resource.RLIM_INFINITY or hard >= limit:
-        resource.setrlimit(resource.RLIMIT_STACK, (limit, hard))
+def _limits(default_stack: bool, file_size: int | None) -> None:
+    """In the child: pin the stack at the common 8 MiB default so a crash does not depend on
+    `ulimit -s`, and cap the size of files it writes."""
+    if default_stack:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+        limit = 8 * 1024 * 1024
+        if hard == resource.RLIM_INFINITY or hard >= limit:
+            resource.setrlimit(resource.RLIMIT_STACK, (limit, hard))
+    if file_size is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
 
 
 def nauthera(
@@ -41,8 +46,10 @@ def nauthera(
     env: Mapping[str, str] | None = None,
     default_stack: bool = False,
     unprivileged: bool = False,
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command line; never let a traceback pass unnoticed."""
+    """Run the real command line; never let a traceback pass unnoticed. `file_size_limit` (bytes) makes
+    every larger write fail in the child (RLIMIT_FSIZE: EFBIG), as a disk filling up would."""
     environment = dict(os.environ)
     environment.update(env or {})
     prefix = without_override() if unprivileged else []
@@ -54,7 +61,7 @@ def nauthera(
         env=environment,
         check=False,
         timeout=300,
-        preexec_fn=_limit_stack if default_stack else None,
+        preexec_fn=functools.partial(_limits, default_stack, file_size_limit),
     )
     assert "Traceback" not in completed.stderr, completed.stderr
     assert "Traceback" not in completed.stdout, completed.stdout

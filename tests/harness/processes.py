@@ -51,6 +51,8 @@ class Process:
         self.log = log
         self.env = env
         self.handle: subprocess.Popen[bytes] | None = None
+        #: Seconds the last `stop` took from the signal to the exit.
+        self.stop_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -85,11 +87,12 @@ class Process:
         except AssertionError as error:
             raise AssertionError(f"{error}\n--- {self.name} log tail ---\n{self.tail()}") from None
 
-    def stop(self, timeout: float = 20) -> int:
-        """SIGTERM, wait, and assert a clean exit within `timeout` seconds.
+    def stop(self, timeout: float = 20, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig` (SIGTERM), wait, and assert a clean exit within `timeout` seconds; the time it
+        took is kept in `stop_seconds`.
 
-        A process that ignores SIGTERM (or already died with an error) is a failure: it is reported as
-        one, and only then killed so that nothing outlives the test.
+        A process that ignores the signal (or already died with an error) is a failure: it is reported
+        as one, and only then killed so that nothing outlives the test.
         """
         if self.handle is None:
             return 0
@@ -98,19 +101,19 @@ class Process:
             assert code in CLEAN_EXITS, f"{self.name} had already exited with {code}:\n{self.tail()}"
             return code
         started = time.monotonic()
-        self.handle.terminate()
+        self.handle.send_signal(sig)
         try:
             code = self.handle.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.handle.kill()
             self.handle.wait()
             raise AssertionError(
-                f"{self.name} (pid {self.handle.pid}) ignored SIGTERM for {timeout:.0f}s and was killed:\n"
+                f"{self.name} (pid {self.handle.pid}) ignored {sig.name} for {timeout:.1f}s and was killed:\n"
                 f"{self.tail()}"
             ) from None
-        seconds = time.monotonic() - started
-        assert code in CLEAN_EXITS, (
-            f"{self.name} exited with {code} on SIGTERM ({seconds:.1f}s):\n{self.tail()}"
+        self.stop_seconds = seconds = time.monotonic() - started
+        assert code in (0, -sig), (
+            f"{self.name} exited with {code} on {sig.name} ({seconds:.1f}s):\n{self.tail()}"
         )
         return code
 
@@ -135,6 +138,14 @@ def stop_all(processes: Sequence[Process]) -> None:
 
 def nauthera(*args: str | Path, log: Path) -> Process:
     return Process([sys.executable, "-m", "nauthera", *map(str, args)], log).start()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def opa_agent(

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import signal
 import ssl
 import sys
 from collections.abc import Callable
@@ -41,6 +43,75 @@ def _seconds(text: str, option: str) -> float:
         raise click.BadParameter(f"{text!r} {error}", param_hint=option) from error
 
 
+_SIZE = re.compile(r"(\d+)\s*(|B|KiB|MiB|GiB)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _bytes(text: str, option: str) -> int:
+    """A size like 1048576, 512KiB or 64MiB."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise click.BadParameter(f"{text!r}: expected a size like 512KiB or 64MiB", param_hint=option)
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+#: The limits a user may tune (README "Limits"): option, ServerConfig field, default, and the parser.
+_LIMIT_OPTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("--max-body", "max_upload_bytes", "64MiB", "Largest request body and decompressed decision-log upload."),
+    ("--max-status", "max_status_bytes", "1MiB", "Largest status report (compressed or not)."),
+    ("--max-json-depth", "max_json_depth", "64", "Deepest nesting of arrays and objects in a JSON body."),
+    ("--max-agents", "max_agents", "100000", "Agents kept in the fleet view (least recently seen go first)."),
+    ("--max-agent-memory", "max_agent_bytes", "128MiB", "Memory the fleet view may take, roughly."),
+    ("--max-decisions", "max_decision_events", "100000", "Denied decisions kept for `decisions` (newest)."),
+    ("--head-timeout", "head_timeout", "10s", "Time a client has to send a request's head (408 after)."),
+    ("--body-timeout", "body_timeout", "60s", "Time a client has to send a request's body (408 after)."),
+    ("--idle-timeout", "idle_timeout", "75s", "Idle keep-alive connections are closed after this."),
+    (
+        "--send-timeout",
+        "send_timeout",
+        "30s",
+        "A client that reads none of its answers this long is dropped.",
+    ),
+)
+
+
+#: Upper bounds of the limits (beyond them a value means nothing but an overflow somewhere).
+_MAX_COUNT, _MAX_BYTES, _MAX_SECONDS = 10**9, 2**40, 7 * 24 * 3600
+
+
+def _limits(options: dict[str, str]) -> dict[str, Any]:
+    """ServerConfig fields from the limit options' values."""
+    fields: dict[str, Any] = {}
+    for option, name, _, _ in _LIMIT_OPTIONS:
+        text = options[option.removeprefix("--").replace("-", "_")]
+        if name.endswith("_bytes"):
+            value: float = _bytes(text, option)
+            ceiling, what = _MAX_BYTES, "1TiB"
+        elif name.endswith("_timeout"):
+            value, ceiling, what = _seconds(text, option), _MAX_SECONDS, "168h"
+        elif text.isdigit():
+            value, ceiling, what = int(text), _MAX_COUNT, f"{_MAX_COUNT:,}"
+        else:
+            raise click.BadParameter(f"{text!r}: expected a positive whole number", param_hint=option)
+        if not 0 < value <= ceiling:
+            raise click.BadParameter(f"{text!r}: expected more than 0 and at most {what}", param_hint=option)
+        fields[name] = value
+    return fields
+
+
+def exit_on_stop_signals() -> None:
+    """Until a server takes SIGTERM/SIGINT over (its graceful stop), either ends the start-up at once
+    with exit 0: Kubernetes stops a pod with SIGTERM, and a first compile may be under way (the store is
+    crash-safe, so a publish cut short leaves it consistent)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        del signum, frame
+        raise SystemExit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
 def server_options(channel_help: str) -> Callable[[Any], Any]:
     """Options shared by `serve` and `sidecar`; `--channel` means a little more for the sidecar."""
     options: list[Callable[[Any], Any]] = [
@@ -67,6 +138,10 @@ def server_options(channel_help: str) -> Callable[[Any], Any]:
             default="30s",
             show_default=True,
             help="An agent not on its channel's revision this long after a publish is stale.",
+        ),
+        *(
+            click.option(option, default=default, show_default=True, help=text)
+            for option, _, default, text in _LIMIT_OPTIONS
         ),
     ]
 
@@ -98,14 +173,16 @@ def _state(
     stale_after: str,
     tls_cert: Path | None,
     tls_key: Path | None,
+    limits: dict[str, str],
 ) -> ServerState:
     _tls_pair(tls_cert, tls_key)
     config = ServerConfig(
         default_channel=channel,
         token=read_token(token_file),
         stale_after=_seconds(stale_after, "--stale-after"),
+        **_limits(limits),
     )
-    store.channels()  # a store that cannot be read is an error now, not in the server's start-up
+    store.channel_names()  # a store that cannot be read is an error now, not in the server's start-up
     return ServerState(store, config)
 
 
@@ -120,10 +197,12 @@ def serve_command(
     tls_key: Path | None,
     channel: str,
     stale_after: str,
+    **limits: str,
 ) -> None:
     """Serve the store's channels to OPA (bundle API with long polling), take status and decision logs."""
+    exit_on_stop_signals()
     _logging()
-    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key, limits)
     host, port = parse_listen(listen)
     run(serve(create_app(state), host, port, tls_cert, tls_key))
 
@@ -163,13 +242,17 @@ def sidecar_command(
     push_to: str | None,
     push_token_file: Path | None,
     debounce: str,
+    **limits: str,
 ) -> None:
     """Compile SOURCE at start and on every change, publish good compiles to --channel, serve them."""
+    exit_on_stop_signals()
     _logging()
-    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key)
+    state = _state(store, token_file, channel, stale_after, tls_cert, tls_key, limits)
     pusher = _pusher(push_to, read_token(push_token_file)) if push_to else None
     sidecar = Sidecar(list(sources), state, channel, _seconds(debounce, "--debounce"))
     state.readiness = sidecar.readiness
+    if pusher is not None:
+        sidecar.push_status = pusher.status
     host, port = parse_listen(listen)
     sidecar.compile_and_publish()
     run(_run_sidecar(sidecar, pusher, state, host, port, tls_cert, tls_key))
@@ -193,7 +276,8 @@ async def _run_sidecar(
 ) -> None:
     tasks = [asyncio.create_task(sidecar.watch())]
     if pusher is not None:
-        tasks.append(asyncio.create_task(pusher.keep_loaded(state.store, sidecar.channel)))
+        failed = state.metrics.push_failures.inc
+        tasks.append(asyncio.create_task(pusher.keep_loaded(state.store, sidecar.channel, on_failure=failed)))
     try:
         await serve(create_app(state), host, port, tls_cert, tls_key)
     finally:

@@ -288,6 +288,19 @@ def load_text(text: str, file: str) -> LoadResult:
                 Diagnostic(Level.ERROR, position, "yaml-syntax", f"invalid YAML: {problem or error}")
             )
             break
+        except yaml.reader.ReaderError as error:  # a character YAML does not allow, found while reading
+            before = text[: error.position]
+            position = Position(file, before.count("\n") + 1, len(before) - before.rfind("\n"))
+            result.diagnostics.append(
+                Diagnostic(
+                    Level.ERROR,
+                    position,
+                    "yaml-syntax",
+                    f"invalid YAML: character U+{error.character:04X} is not allowed (YAML takes no control "
+                    "characters but tab, line feed and carriage return); remove it",
+                )
+            )
+            break
         except RecursionError:
             result.diagnostics.append(
                 Diagnostic(Level.ERROR, Position(file, 1, 1), "yaml-too-large", "YAML is nested too deeply")

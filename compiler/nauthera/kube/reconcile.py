@@ -101,6 +101,10 @@ class Stats:
     write_errors: int = 0
     last_round_seconds: float = 0.0
     last_compile_errors: list[str] = field(default_factory=list)
+    #: Rounds that failed (a policy folder gone, the API server refusing), and the last one's error
+    #: until a round succeeds: the last good revision stays served meanwhile.
+    failed_rounds: int = 0
+    last_round_error: str | None = None
 
 
 def _decision_input(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,6 +141,8 @@ class Operator:
         self.store = store
         self.config = config
         self.published = published
+        #: Called (from the reconcile thread) after each failed round: the server counts it.
+        self.failed: Callable[[], None] | None = None
         self.queue = ChangeQueue()
         self.stop_event = threading.Event()
         self.stats = Stats()
@@ -223,8 +229,13 @@ class Operator:
             started = time.monotonic()
             try:
                 self._round(changes)
+                self.stats.last_round_error = None
             except NautheraError as error:
                 log.error("reconcile round failed, retrying: %s", error)
+                self.stats.failed_rounds += 1
+                self.stats.last_round_error = str(error)[:500]
+                if self.failed is not None:
+                    self.failed()
                 self.stop_event.wait(1.0)
                 self._policies_changed = True
             except Exception:  # a bug must not stop the audit for good: report it, retry the round

@@ -8,13 +8,13 @@ passes the CRD schema but fails semantics (a `7d` duration, a URL in allowedHost
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from nauthera.kube.policies import check_object
+from nauthera.serve.server import parse_json
 
 PATH = "/validate/authpolicies"
 #: Kubernetes caps each warning; kubectl prints one line per warning.
@@ -41,11 +41,14 @@ def review(request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def validate(request: Request) -> Response:
+    """POST /validate/authpolicies: an AdmissionReview in, its answer out; anything else is a 400."""
     try:
-        body = json.loads(await request.body())
-        admission = body["request"]
-    except (ValueError, KeyError, TypeError) as error:
+        body = parse_json(await request.body(), request.app.state.nauthera.config.max_json_depth)
+    except ValueError as error:
         return JSONResponse({"error": f"expected an AdmissionReview: {error}"}, status_code=400)
+    admission = body.get("request") if isinstance(body, dict) else None
+    if not isinstance(admission, dict):
+        return JSONResponse({"error": "expected an AdmissionReview with a request object"}, status_code=400)
     response = review(admission)
     return JSONResponse(
         {

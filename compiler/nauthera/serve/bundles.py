@@ -18,21 +18,23 @@ for whom the delta would not be smaller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from nauthera.errors import NautheraError
 from nauthera.serve.fleet import ChannelState
 from nauthera.serve.http import Reply
-from nauthera.store.base import BundleStore
-from nauthera.targets.opa.bundle import bundle_entries
+from nauthera.store.base import BundleStore, check_channel_name
+from nauthera.targets.opa.bundle import bundle_entries, is_revision_id
 from nauthera.targets.opa.datatree import DataNode, nodes_by_digest
 from nauthera.targets.opa.delta import BundleState, bundle_state, delta_bundle, patch_operations
 
@@ -46,6 +48,7 @@ SNAPSHOTS_KEPT = 8
 STATES_KEPT = 8
 DELTAS_KEPT = 32
 log = logging.getLogger("nauthera.server")
+T = TypeVar("T")
 
 
 def json_reply(status: int, document: Any, *headers: tuple[bytes, bytes]) -> Reply:
@@ -138,14 +141,28 @@ class _Waiter:
 
 
 class ChannelWatcher:
-    """Each channel's current revision, and the long polls waiting for it to move."""
+    """Each channel's current revision, and the long polls waiting for it to move.
+
+    A channel moves only to a revision `check` accepts (the server reads and verifies its bundle);
+    while its pointer is unreadable or names a revision that is missing or corrupt, the channel keeps
+    its last good revision and the problem is kept in `faults` (shown by /readyz and /metrics) until
+    the pointer moves to a good one.
+    """
 
     def __init__(
-        self, store: BundleStore, on_move: Callable[[str, str | None], None], interval: float
+        self,
+        store: BundleStore,
+        on_move: Callable[[str, str | None], None],
+        interval: float,
+        check: Callable[[str], None] | None = None,
+        on_fault: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.on_move = on_move
         self.interval = interval
+        self.check = check
+        self.on_fault = on_fault
+        self.faults: dict[str, str] = {}
         self.states: dict[str, ChannelState] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stamps: dict[str, Hashable] = {}
@@ -153,27 +170,51 @@ class ChannelWatcher:
         self.held = 0
         self.closing = False
 
-    def changes(self) -> list[tuple[str, str | None]]:
-        """Channels whose stamp changed since the last look, with their revisions (a stat per channel in
-        a folder, a HEAD per channel tag in a registry): blocking I/O, run off the event loop."""
+    def changes(self) -> list[tuple[str, str | None, str | None]]:
+        """Channels whose stamp changed since the last look, each with `read`'s answer (a stat per
+        channel in a folder, a HEAD per channel tag in a registry): blocking I/O, run off the event loop."""
         moved = []
         for channel, stamp in self.store.channel_stamps().items():
             if self._stamps.get(channel) != stamp:
-                moved.append((channel, self.store.channel_revision(channel)))
                 self._stamps[channel] = stamp
+                moved.append((channel, *self.read(channel)))
         return moved
 
-    def refresh(self) -> None:
-        for channel, revision in self.changes():
-            self.moved(channel, revision)
-
-    def notify(self, channel: str) -> None:
-        """Take the channel's revision from the store and answer its waiters if it moved."""
-        self.moved(channel, self.store.channel_revision(channel))
-
-    def moved(self, channel: str, revision: str | None) -> None:
-        """Record the channel's revision and answer its waiters if it moved (on the event loop)."""
+    def read(self, channel: str, checked: bool = False) -> tuple[str | None, str | None]:
+        """(the channel's revision, None), once `check` accepts it (unless the caller has `checked` it);
+        or (None, the problem) while its pointer is unreadable or names a missing or corrupt revision."""
         previous = self.states.get(channel)
+        try:
+            revision = self.store.channel_revision(channel)
+            known = previous.revision if previous else None
+            if revision is not None and revision != known and not checked and self.check is not None:
+                self.check(revision)
+        except (NautheraError, OSError) as error:
+            return None, str(error)
+        return revision, None
+
+    def refresh(self) -> None:
+        for channel, revision, problem in self.changes():
+            self.moved(channel, revision, problem)
+
+    def notify(self, channel: str, checked: bool = False) -> None:
+        """Take the channel's revision from the store and answer its waiters if it moved."""
+        self.moved(channel, *self.read(channel, checked))
+
+    def moved(self, channel: str, revision: str | None, problem: str | None = None) -> None:
+        """Record the channel's revision and answer its waiters if it moved (on the event loop); with a
+        `problem`, keep the last good revision and record the fault until the channel reads well."""
+        previous = self.states.get(channel)
+        if problem is not None:
+            if self.faults.get(channel) != problem:
+                self.faults[channel] = problem
+                log.error(
+                    "channel %s: %s; still serving %s", channel, problem, previous and previous.revision
+                )
+                if self.on_fault is not None:
+                    self.on_fault(channel, problem)
+            return
+        self.faults.pop(channel, None)
         if (previous.revision if previous else None) == revision:
             return
         self.states[channel] = ChannelState(revision, time.time())
@@ -189,9 +230,10 @@ class ChannelWatcher:
         state = self.states.get(channel)
         if state is None:
             try:
-                self.notify(channel)
+                check_channel_name(channel)
             except NautheraError:  # not a channel name the store accepts
                 return None
+            self.notify(channel)
             state = self.states.get(channel)
         return state.revision if state else None
 
@@ -246,8 +288,8 @@ class ChannelWatcher:
         self.loop = asyncio.get_running_loop()
         while True:
             try:
-                for channel, revision in await asyncio.to_thread(self.changes):
-                    self.moved(channel, revision)
+                for channel, revision, problem in await asyncio.to_thread(self.changes):
+                    self.moved(channel, revision, problem)
             except (OSError, NautheraError) as error:
                 log.warning("cannot read the store: %s", error)
             await asyncio.sleep(self.interval)
@@ -255,6 +297,33 @@ class ChannelWatcher:
 
 def _nothing() -> None:
     """What `hold` returns when it holds nothing."""
+
+
+async def in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, but in a daemon thread: the process does not wait for it to exit. A compile
+    or a push in progress at SIGTERM would otherwise hold the stop for as long as it takes (the store is
+    crash-safe, so abandoning a publish half-way leaves it consistent)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: Exception | None) -> None:
+        if future.done():
+            return  # the awaiting task was cancelled
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def work() -> None:
+        try:
+            result, error = function(*args), None
+        except Exception as raised:  # handed to the awaiting task, which decides
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=getattr(function, "__name__", "work"), daemon=True).start()
+    return await future
 
 
 def on_loop(loop: asyncio.AbstractEventLoop | None, function: Callable[..., None], *args: Any) -> None:
@@ -290,10 +359,12 @@ class BundleService:
         self._deltas = _Cache(DELTAS_KEPT)
         self._not_modified: OrderedDict[str, Reply] = OrderedDict()
 
-    def offer(self, revision: str, content: bytes, state: BundleState) -> None:
-        """A revision's bundle and data tree from an in-process compiler: nothing to read or parse."""
+    def offer(self, revision: str, content: bytes, state: BundleState | None = None) -> None:
+        """A revision's bundle (verified, or from an in-process compiler with its data tree): nothing to
+        read again."""
         self._snapshots.put(revision, content)
-        self._states.put(revision, state)
+        if state is not None:
+            self._states.put(revision, state)
 
     def handle(
         self, watcher: ChannelWatcher, request: BundleRequest, reply: Callable[[Reply], None]
@@ -312,7 +383,8 @@ class BundleService:
         revision = watcher.current(request.channel)
         if revision is None:
             self.count("404")
-            reply(json_reply(404, {"error": f"channel {request.channel!r} has no revision"}))
+            shown = request.channel if len(request.channel) <= 64 else request.channel[:64] + "…"
+            reply(json_reply(404, {"error": f"channel {shown!r} has no revision"}))
             return None
         if request.etag != revision:
             self._send(request, revision, reply)
@@ -348,7 +420,8 @@ class BundleService:
         reply(Reply(200, ((b"content-type", BUNDLE_MEDIA_TYPE), (b"etag", f'"{revision}"'.encode())), body))
 
     def _send(self, request: BundleRequest, revision: str, reply: Callable[[Reply], None]) -> None:
-        since = request.etag if request.delta else None
+        # A delta only from what could be a stored revision: a made-up ETag costs no read or cache entry.
+        since = request.etag if request.delta and request.etag and is_revision_id(request.etag) else None
         if since is not None and (since, revision) in self._deltas:
             body = self._deltas.get((since, revision))
             if body is not None:
@@ -368,8 +441,8 @@ class BundleService:
                 self._ok(revision, *finished.result(), reply)
                 return
             log.warning("cannot serve revision %s: %s", revision, error)
-            self.count("500")
-            reply(json_reply(500, {"error": f"cannot read revision {revision}"}))
+            self.count("503")
+            reply(json_reply(503, {"error": f"cannot read revision {revision}"}, (b"retry-after", b"5")))
 
         task.add_done_callback(done)
 

@@ -1,7 +1,10 @@
 """What the OPA fleet reports: agents from the status API and denied decisions from decision logs.
 
-Both are bounded in memory: at most `max_agents` agents (least recently seen evicted first) and the most
-recent `max_events` denied decisions. Nothing here touches the network or the disk.
+Both are bounded in memory whatever agents send: a status report keeps only what `agents` shows (its
+id and labels, each bundle's revision and error, every text cut to `MAX_TEXT` characters, at most
+`MAX_LABELS` labels and `MAX_BUNDLES` bundles), the registry holds at most `max_agents` agents and
+`max_bytes` of them (least recently seen evicted first), and the decision log the most recent
+`max_events` denied decisions, each text cut likewise. Nothing here touches the network or the disk.
 """
 
 from __future__ import annotations
@@ -9,21 +12,43 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DECISION_PATH = "nauthera/authclient/decision"
 CHANNEL_LABEL = "nauthera.io/channel"
+#: Longest agent id, label name or value, bundle name, revision and message kept from a report.
+MAX_TEXT = 256
+MAX_LABELS = 64
+MAX_BUNDLES = 64
+#: What an agent costs beyond its texts (objects and containers), for the registry's byte budget.
+_AGENT_OVERHEAD = 512
+_ITEM_OVERHEAD = 64
 
 
 @dataclass
 class Agent:
     id: str
     labels: dict[str, str]
-    bundles: dict[str, dict[str, Any]]
+    #: Per bundle: `active_revision` and `type` (snapshot or delta), all `describe` shows.
+    bundles: dict[str, dict[str, str | None]]
     errors: list[str]
     last_seen: float
-    plugins: dict[str, Any] = field(default_factory=dict)
+
+    def size(self) -> int:
+        """Roughly what the agent takes in memory, for the registry's byte budget."""
+        texts = [self.id, *self.labels, *self.labels.values(), *self.errors]
+        for name, info in self.bundles.items():
+            texts += [name, *(v for v in info.values() if v is not None)]
+        return _AGENT_OVERHEAD + sum(len(text) + _ITEM_OVERHEAD for text in texts)
+
+
+def _text(value: Any) -> str:
+    return str(value)[:MAX_TEXT]
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 @dataclass(frozen=True)
@@ -36,40 +61,67 @@ class AgentRegistry:
     """Latest status per OPA agent, and which of them lag behind their channel."""
 
     def __init__(
-        self, max_agents: int = 100_000, stale_after: float = 30.0, clock: Callable[[], float] = time.time
+        self,
+        max_agents: int = 100_000,
+        stale_after: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.max_agents = max_agents
+        self.max_bytes = max_bytes
         self.stale_after = stale_after
         self.clock = clock
         self._agents: OrderedDict[str, Agent] = OrderedDict()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._agents)
 
-    def record_status(self, status: Mapping[str, Any]) -> Agent:
-        """Store one status report (OPA's status API body); raises ValueError on a shapeless one."""
+    def record_status(self, status: Any) -> Agent:
+        """Store what `describe` needs of one status report (OPA's status API body); raises ValueError
+        on a report without the shape OPA sends or with an id or labels beyond the limits."""
+        if not isinstance(status, dict):
+            raise ValueError("a status report is a JSON object")
         labels = status.get("labels")
-        if not isinstance(labels, dict) or not isinstance(labels.get("id"), str):
+        if not isinstance(labels, dict) or not isinstance(labels.get("id"), str) or not labels["id"]:
             raise ValueError("status report has no labels.id")
-        bundles = status.get("bundles") if isinstance(status.get("bundles"), dict) else {}
+        if len(labels) > MAX_LABELS:
+            raise ValueError(f"status report has {len(labels)} labels, more than {MAX_LABELS}")
+        too_long = next((k for k, v in labels.items() if len(k) > MAX_TEXT or len(str(v)) > MAX_TEXT), None)
+        if too_long is not None:
+            raise ValueError(f"label {too_long[:40]!r}: names and values are at most {MAX_TEXT} characters")
+        reported = status.get("bundles")
+        bundles = sorted(reported.items())[:MAX_BUNDLES] if isinstance(reported, dict) else []
         errors = [
-            f"bundle {name}: {info.get('message') or info.get('code')}"
-            for name, info in sorted((bundles or {}).items())
+            _text(f"bundle {name}: {info.get('message') or info.get('code')}")
+            for name, info in bundles
             if isinstance(info, dict) and (info.get("code") or info.get("errors"))
         ]
         agent = Agent(
             id=labels["id"],
-            labels={str(k): str(v) for k, v in labels.items()},
-            bundles={str(k): v for k, v in (bundles or {}).items() if isinstance(v, dict)},
+            labels={k: str(v) for k, v in labels.items()},
+            bundles={
+                _text(name): {
+                    "active_revision": _optional_text(info.get("active_revision")),
+                    "type": _optional_text(info.get("type")),
+                }
+                for name, info in bundles
+                if isinstance(info, dict)
+            },
             errors=errors,
             last_seen=self.clock(),
-            plugins=dict(status["plugins"]) if isinstance(status.get("plugins"), dict) else {},
         )
-        self._agents.pop(agent.id, None)
+        self._forget(agent.id)
         self._agents[agent.id] = agent
-        while len(self._agents) > self.max_agents:
-            self._agents.popitem(last=False)
+        self.bytes += agent.size()
+        while len(self._agents) > self.max_agents or self.bytes > self.max_bytes:
+            self._forget(next(iter(self._agents)))
         return agent
+
+    def _forget(self, agent_id: str) -> None:
+        gone = self._agents.pop(agent_id, None)
+        if gone is not None:
+            self.bytes -= gone.size()
 
     def channel_of(
         self, agent: Agent, bundle_name: str, channels: Mapping[str, ChannelState], default_channel: str
@@ -140,13 +192,13 @@ class DecisionLog:
                 continue
             metadata = client.get("metadata") if isinstance(client, dict) else None
             metadata = metadata if isinstance(metadata, dict) else {}
-            name = f"{metadata.get('namespace', '?')}/{metadata.get('name', '?')}"
-            for violation in result.get("violations") or ():
+            name = _text(f"{metadata.get('namespace', '?')}/{metadata.get('name', '?')}")
+            violations = result.get("violations")
+            for violation in violations if isinstance(violations, list) else ():
                 if isinstance(violation, dict):
+                    policy = _optional_text(violation.get("policy"))
                     self._events.append(
-                        DeniedDecision(
-                            self.clock(), name, violation.get("policy"), str(violation.get("field"))
-                        )
+                        DeniedDecision(self.clock(), name, policy, _text(violation.get("field")))
                     )
             denied += 1
         return denied

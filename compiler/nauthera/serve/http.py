@@ -8,8 +8,11 @@ response directly is what closes that gap. The status, log, fleet and metrics en
 Starlette routes behind a minimal ASGI bridge, where convenience matters more than microseconds.
 
 What it implements: HTTP/1.1 keep-alive with in-order handling of pipelined requests, request bodies
-up to a limit (413 beyond), header size limits (431), an idle timeout, TLS through `ssl`, the ASGI
-lifespan protocol, and a graceful stop on SIGINT/SIGTERM.
+up to a limit (413 beyond), header size limits (431), TLS through `ssl`, the ASGI lifespan protocol, and
+a graceful stop on SIGINT/SIGTERM. Slow clients cannot hold the server: a request head must arrive
+within `head_timeout` and its body within `body_timeout` (408 otherwise), a connection that does not
+read its answers is not given more (its requests wait while its send buffer is full) and is dropped
+after `send_timeout`, and an idle keep-alive connection is closed after `idle_timeout`.
 """
 
 from __future__ import annotations
@@ -80,6 +83,14 @@ class HttpLimits:
     max_head: int = 64 * 1024
     max_pipelined: int = 16
     idle_timeout: float = 75.0
+    #: Seconds from a request's first byte to the end of its head (a slowloris sends it byte by byte).
+    head_timeout: float = 10.0
+    #: Seconds from the end of a request's head to the end of its body.
+    body_timeout: float = 60.0
+    #: Seconds a client may leave the server's send buffer full (it does not read its answers).
+    send_timeout: float = 30.0
+    #: Seconds the stop waits for connections to flush their last answers before dropping them.
+    stop_grace: float = 1.0
 
 
 class HttpRequest:
@@ -126,6 +137,11 @@ class _Connection(asyncio.Protocol):
         self.body_size = 0
         self.drop: Callable[[], None] | None = None
         self.last_active = 0.0
+        #: When the request being read began (its head) and when its head ended (its body); None: not reading.
+        self.head_started: float | None = None
+        self.body_started: float | None = None
+        #: Since when the send buffer has been full (the client is not reading); None: it is not.
+        self.send_blocked: float | None = None
         self.closed = False
         self.paused = False
         self.gone: asyncio.Future[None] | None = None
@@ -146,14 +162,27 @@ class _Connection(asyncio.Protocol):
         if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
 
+    def pause_writing(self) -> None:
+        self.send_blocked = self.server.loop_time()
+
+    def resume_writing(self) -> None:
+        self.send_blocked = None
+        if self.current is None:
+            self._next()
+
     def data_received(self, data: bytes) -> None:
         self.last_active = self.server.loop_time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
-        except httptools.HttpParserError:
-            self._fail(400, "malformed HTTP request")
+        except httptools.HttpParserError as error:
+            # httptools wraps what a callback raises: a request over a limit arrives as its context.
+            cause = error.__context__ or error.__cause__
+            if isinstance(cause, _RequestTooLargeError):
+                self._fail(cause.status, cause.reason)
+            else:
+                self._fail(400, "malformed HTTP request")
         except _RequestTooLargeError as error:
             self._fail(error.status, error.reason)
 
@@ -163,6 +192,7 @@ class _Connection(asyncio.Protocol):
         self.partial = HttpRequest()
         self.head_size = 0
         self.body_size = 0
+        self.head_started = self.server.loop_time()
 
     def on_url(self, url: bytes) -> None:
         assert self.partial is not None
@@ -178,6 +208,8 @@ class _Connection(asyncio.Protocol):
         assert self.partial is not None
         self.partial.method = self.parser.get_method()
         self.partial.keep_alive = self.parser.should_keep_alive()
+        self.head_started = None
+        self.body_started = self.server.loop_time()
 
     def on_body(self, body: bytes) -> None:
         assert self.partial is not None
@@ -190,6 +222,7 @@ class _Connection(asyncio.Protocol):
         assert self.partial is not None
         self.queue.append(self.partial)
         self.partial = None
+        self.body_started = None
         if len(self.queue) > self.server.limits.max_pipelined and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
@@ -199,8 +232,8 @@ class _Connection(asyncio.Protocol):
     # --- answering -----------------------------------------------------------------------------------
 
     def _next(self) -> None:
-        if self.closed or not self.queue:
-            return
+        if self.closed or not self.queue or self.send_blocked is not None:
+            return  # with a full send buffer, the next answer waits for `resume_writing`
         if self.paused and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -231,11 +264,31 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.close()
 
-    def idle_since(self, now: float) -> float | None:
-        """How long the connection has been waiting for a request, or None while it has one."""
-        if self.current is not None or self.partial is not None or self.queue:
-            return None
-        return now - self.last_active
+    def overdue(self, now: float) -> str | None:
+        """Why the connection should be closed now (a client too slow or gone quiet), or None."""
+        limits = self.server.limits
+        if self.send_blocked is not None and now - self.send_blocked > limits.send_timeout:
+            return "send"
+        if self.head_started is not None and now - self.head_started > limits.head_timeout:
+            return "head"
+        if self.body_started is not None and now - self.body_started > limits.body_timeout:
+            return "body"
+        idle = self.current is None and self.partial is None and not self.queue
+        if idle and now - self.last_active > limits.idle_timeout:
+            return "idle"
+        return None
+
+    def time_out(self, reason: str) -> None:
+        """Close a connection `overdue` gave up on: a request not received in time is answered 408;
+        a client that does not read is dropped with what it did not read."""
+        if self.transport is None or self.closed:
+            return
+        if reason == "send":
+            self.transport.abort()
+        elif reason in ("head", "body") and self.current is None:
+            self._fail(408, f"request {reason} not received within the time limit")
+        else:
+            self.transport.close()
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer a request that cannot be parsed, then close (its end cannot be found)."""
@@ -347,7 +400,8 @@ class HttpServer:
             await self.app(scope, receive, send)
         except Exception:  # an application bug must not take the connection's other requests down
             log.exception("error answering %s %s", scope["method"], scope["path"])
-            status, headers, chunks = 500, [(b"content-type", b"text/plain")], [b"internal server error\n"]
+            status, headers = 500, [(b"content-type", b"application/json")]
+            chunks = [b'{"error": "internal server error"}']
         kept = tuple((k, v) for k, v in headers if k not in _OWN_HEADERS)
         connection.answer(request, Reply(status, kept, b"".join(chunks)))
 
@@ -367,7 +421,7 @@ class HttpServer:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
-        sweeper = asyncio.ensure_future(self._close_idle())
+        sweeper = asyncio.ensure_future(self._sweep())
         try:
             await stop.wait()
         finally:
@@ -376,25 +430,39 @@ class HttpServer:
             if self.on_stop is not None:
                 self.on_stop()
             server.close()
-            for connection in list(self.connections):
-                if connection.transport is not None:
-                    connection.transport.close()
-            await server.wait_closed()
+            await self._close_connections()
             for signum in handled:
                 loop.remove_signal_handler(signum)
             await lifespan.shutdown()
 
-    async def _close_idle(self) -> None:
-        """Close keep-alive connections that sent nothing for `idle_timeout` seconds (one sweep a
-        quarter of that, instead of a timer per request)."""
-        timeout = self.limits.idle_timeout
+    async def _close_connections(self) -> None:
+        """Close every connection, letting each flush its last answers for `stop_grace` seconds; a
+        client that does not read them (or an upload still arriving) is then dropped."""
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        deadline = self.loop_time() + self.limits.stop_grace
+        while self.connections and self.loop_time() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+
+    async def _sweep(self) -> None:
+        """Close connections that are `overdue` (one sweep a quarter of the shortest timeout, at most
+        every second, instead of a timer per request)."""
+        limits = self.limits
+        shortest = min(limits.idle_timeout, limits.head_timeout, limits.body_timeout, limits.send_timeout)
         while True:
-            await asyncio.sleep(timeout / 4)
+            await asyncio.sleep(min(shortest / 4, 1.0))
             now = self.loop_time()
             for connection in list(self.connections):
-                idle = connection.idle_since(now)
-                if idle is not None and idle > timeout and connection.transport is not None:
-                    connection.transport.close()
+                reason = connection.overdue(now)
+                if reason is not None:
+                    log.log(
+                        logging.DEBUG if reason == "idle" else logging.INFO, "%s timeout: closing", reason
+                    )
+                    connection.time_out(reason)
 
 
 class _Lifespan:

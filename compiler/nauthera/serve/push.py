@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -18,6 +19,7 @@ from opa_client.errors import PolicyNotFoundError
 from opa_client.opa import OpaClient
 
 from nauthera.errors import NautheraError
+from nauthera.serve.bundles import in_daemon_thread
 from nauthera.store.base import BundleStore
 from nauthera.targets.opa.bundle import DATA_FILE, DATA_ROOT, read_bundle
 
@@ -35,6 +37,8 @@ class OpaPusher:
         if not parts.hostname:
             raise NautheraError(f"--push-to {url!r}: expected a URL like http://127.0.0.1:8181")
         self.url = url
+        #: What /readyz shows: the revision the OPA holds (as far as we know) and the last failure.
+        self.status: dict[str, Any] = {"url": url, "revision": None, "error": None, "failures": 0}
         self.client = OpaClient(
             host=parts.hostname,
             port=parts.port or 8181,
@@ -49,8 +53,8 @@ class OpaPusher:
         try:
             marker = self.client.get_data(PUSH_MARKER)["result"]
             loaded = set(self.client.get_policies_list())
-        except (PolicyNotFoundError, requests.RequestException, ValueError, KeyError, TypeError):
-            return False
+        except (PolicyNotFoundError, ValueError, KeyError, TypeError):
+            return False  # an OPA that answers without our revision; one that does not answer raises
         return isinstance(marker, dict) and marker.get("revision") == revision and set(modules) <= loaded
 
     def push(self, bundle: Path, revision: str) -> None:
@@ -76,19 +80,33 @@ class OpaPusher:
                 raise last_error
             pending = refused
 
-    async def keep_loaded(self, store: BundleStore, channel: str, interval: float = 1.0) -> None:
+    async def keep_loaded(
+        self,
+        store: BundleStore,
+        channel: str,
+        interval: float = 1.0,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         """Push on every new revision of `channel`, and again whenever the OPA lost what it had (a
-        restart)."""
+        restart); a failure (OPA down, answering errors, hanging past the client's timeout) is kept in
+        `status` and counted through `on_failure`, and the next round tries again."""
         while True:
-            revision = store.channel_revision(channel)
-            if revision:
-                try:
+            try:
+                revision = store.channel_revision(channel)
+                if revision:
                     bundle = store.bundle_path(revision)
                     modules = [name for name in read_bundle(bundle) if name.endswith(".rego")]
-                    if not await asyncio.to_thread(self.holds, revision, modules):
-                        await asyncio.to_thread(self.push, bundle, revision)
-                except (requests.RequestException, NautheraError, OSError) as error:
-                    log.warning("cannot push to %s yet: %s", self.url, error)
-                except Exception as error:  # opa-python-client raises bare error types of its own
-                    log.warning("OPA at %s refused the push: %s", self.url, error)
+                    if not await in_daemon_thread(self.holds, revision, modules):
+                        await in_daemon_thread(self.push, bundle, revision)
+                    self.status.update(revision=revision, error=None)
+            except (requests.RequestException, NautheraError, OSError) as error:
+                self._failed(f"cannot push to {self.url} yet: {error}", on_failure)
+            except Exception as error:  # opa-python-client raises bare error types of its own
+                self._failed(f"OPA at {self.url} refused the push: {error}", on_failure)
             await asyncio.sleep(interval)
+
+    def _failed(self, problem: str, on_failure: Callable[[], None] | None) -> None:
+        log.warning("%s", problem)
+        self.status.update(error=problem[:500], failures=self.status["failures"] + 1)
+        if on_failure is not None:
+            on_failure()

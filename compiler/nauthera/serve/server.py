@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import resource
 import socket
 import ssl
@@ -48,19 +49,34 @@ from nauthera.targets.opa.delta import BundleState
 BUNDLES_PREFIX = b"/bundles/"
 #: Distinct bundle requests (target and headers) kept parsed.
 _PARSED_KEPT = 4096
+#: Largest request (target and headers) kept parsed: 4,096 of them then take at most 16 MiB.
+_PARSED_HEAD = 4096
 log = logging.getLogger("nauthera.server")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """What the server serves and the limits that keep it up under any client (README "Limits")."""
+
     default_channel: str = "stable"
     token: str | None = None
     stale_after: float = 30.0
     max_wait: float = 300.0
     poll_interval: float = 0.05
     max_agents: int = 100_000
+    #: Memory the agent registry may take (an estimate of its texts); the least recent agents go first.
+    max_agent_bytes: int = 128 * 1024 * 1024
     max_decision_events: int = 100_000
+    #: Largest request body, and largest decompressed decision-log upload.
     max_upload_bytes: int = 64 * 1024 * 1024
+    #: Largest status report, compressed or not (OPA's are a few kilobytes).
+    max_status_bytes: int = 1024 * 1024
+    #: Deepest nesting of arrays and objects in a JSON body.
+    max_json_depth: int = 64
+    head_timeout: float = 10.0
+    body_timeout: float = 60.0
+    idle_timeout: float = 75.0
+    send_timeout: float = 30.0
 
 
 class Metrics:
@@ -77,6 +93,11 @@ class Metrics:
         self.compile_failures = Counter(
             "nauthera_compile_failures", "Compiles that failed and were not published", registry=self.registry
         )
+        self.push_failures = Counter(
+            "nauthera_push_failures",
+            "Rounds of push mode (--push-to) that could not load the OPA",
+            registry=self.registry,
+        )
         self.bundle_requests = Counter(
             "nauthera_bundle_requests", "Bundle requests by HTTP status", ["code"], registry=self.registry
         )
@@ -91,6 +112,16 @@ class Metrics:
         self.agents = Gauge("nauthera_agents", "OPA agents that reported status", registry=self.registry)
         self.stale_agents = Gauge(
             "nauthera_agents_stale", "Agents behind their channel's current revision", registry=self.registry
+        )
+        self.store_faults = Counter(
+            "nauthera_store_faults",
+            "Times a channel could not move: unreadable pointer, missing or corrupt revision",
+            registry=self.registry,
+        )
+        self.faulty_channels = Gauge(
+            "nauthera_channels_faulty",
+            "Channels serving their last good revision because the store's is unusable",
+            registry=self.registry,
         )
         self._requests: dict[str, Any] = {}
 
@@ -114,10 +145,16 @@ class ServerState:
     _parsed: dict[tuple[bytes, tuple[tuple[bytes, bytes], ...]], BundleRequest] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.agents = AgentRegistry(self.config.max_agents, self.config.stale_after)
+        self.agents = AgentRegistry(
+            self.config.max_agents, self.config.stale_after, max_bytes=self.config.max_agent_bytes
+        )
         self.decisions = DecisionLog(self.config.max_decision_events)
         self.watcher = ChannelWatcher(
-            self.store, self._moved, max(self.config.poll_interval, self.store.poll_interval)
+            self.store,
+            self._moved,
+            max(self.config.poll_interval, self.store.poll_interval),
+            self._servable,
+            self._fault,
         )
         self.bundles = BundleService(
             self.store,
@@ -127,6 +164,16 @@ class ServerState:
             self.metrics.deltas.inc,
         )
         self.metrics.long_poll_waiters.set_function(lambda: self.watcher.held)
+        self.metrics.faulty_channels.set_function(lambda: len(self.watcher.faults))
+
+    def _servable(self, revision: str) -> None:
+        """Read and verify a revision a channel moves to (StoreError if it cannot be served); its bundle
+        is then in memory for the requests that follow."""
+        self.bundles.offer(revision, self.store.verified_bundle(revision))
+
+    def _fault(self, channel: str, problem: str) -> None:
+        del channel, problem
+        self.metrics.store_faults.inc()
 
     def _moved(self, channel: str, revision: str | None) -> None:
         self.metrics.revisions_published.labels(channel).inc()
@@ -138,7 +185,7 @@ class ServerState:
 
         def on_the_loop() -> None:
             self.bundles.offer(revision, content, state)
-            self.watcher.notify(channel)
+            self.watcher.notify(channel, checked=True)
 
         on_loop(self.watcher.loop, on_the_loop)
 
@@ -160,7 +207,8 @@ class ServerState:
             parsed = BundleRequest.parse(channel, dict(request.headers), self.config.max_wait)
             if len(self._parsed) >= _PARSED_KEPT:
                 self._parsed.clear()
-            self._parsed[key] = parsed
+            if len(request.target) + sum(len(n) + len(v) for n, v in request.headers) <= _PARSED_HEAD:
+                self._parsed[key] = parsed  # an agent's request; a huge one is not kept
         return self.bundles.handle(self.watcher, parsed, reply)
 
 
@@ -181,17 +229,48 @@ def _unauthorized() -> Response:
     )
 
 
-async def _json_body(request: Request) -> Any:
+#: JSON strings (skipped by the depth scan: brackets inside them do not nest).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST_PAIRS = re.compile(rb"[\[{][\]}]")
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    """`json.loads`, refusing (ValueError) a document nested deeper than `max_depth` before parsing it,
+    so hostile nesting never reaches the decoder's recursion (nor anything that walks the result)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        brackets, removed = _INNERMOST_PAIRS.subn(b"", brackets)
+        if not removed:  # all paired (or what is left cannot pair: the decoder will say so)
+            break
+    if brackets and _INNERMOST_PAIRS.search(brackets):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(raw)
+    except RecursionError:  # unbalanced brackets the scan could not pair
+        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON (gzip'd or not), at most `limit` bytes before and after decompression."""
     raw = await request.body()
-    limit = _state(request).config.max_upload_bytes
     if len(raw) > limit:
-        raise ValueError(f"body exceeds {limit} bytes")
+        raise _TooLargeError(f"body exceeds {limit} bytes")
     if request.headers.get("content-encoding", "").lower() == "gzip":
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as unzipped:
             raw = unzipped.read(limit + 1)
         if len(raw) > limit:
-            raise ValueError(f"decompressed body exceeds {limit} bytes")
-    return json.loads(raw)
+            raise _TooLargeError(f"decompressed body exceeds {limit} bytes")
+    return parse_json(raw, _state(request).config.max_json_depth)
+
+
+class _TooLargeError(ValueError):
+    """A body beyond its limit: 413."""
+
+
+def _bad_body(what: str, error: Exception) -> Response:
+    code = 413 if isinstance(error, _TooLargeError) else 400
+    return JSONResponse({"error": f"bad {what}: {error}"}, status_code=code)
 
 
 async def status(request: Request) -> Response:
@@ -200,10 +279,11 @@ async def status(request: Request) -> Response:
     if not _authorized(request):
         return _unauthorized()
     try:
-        agent = state.agents.record_status(await _json_body(request))
-    except (ValueError, OSError) as error:
-        return JSONResponse({"error": f"bad status report: {error}"}, status_code=400)
-    state.agent_report()
+        agent = state.agents.record_status(await _json_body(request, state.config.max_status_bytes))
+    except (ValueError, OSError, EOFError) as error:
+        return _bad_body("status report", error)
+    # The agent gauges are set when /metrics or /v1/agents describes the fleet: describing every agent
+    # on every report made 200 reports/s from 1,000 agents cost 200,000 descriptions a second.
     log.debug("status from %s", agent.id)
     return Response(status_code=204)
 
@@ -214,9 +294,9 @@ async def logs(request: Request) -> Response:
     if not _authorized(request):
         return _unauthorized()
     try:
-        events = await _json_body(request)
-    except (ValueError, OSError) as error:
-        return JSONResponse({"error": f"bad decision log upload: {error}"}, status_code=400)
+        events = await _json_body(request, state.config.max_upload_bytes)
+    except (ValueError, OSError, EOFError) as error:
+        return _bad_body("decision log upload", error)
     if not isinstance(events, list):
         return JSONResponse({"error": "decision logs must be a JSON array"}, status_code=400)
     state.decisions.ingest(events)
@@ -257,7 +337,7 @@ async def readyz(request: Request) -> Response:
     """Ready once a revision is being served; the detail says what the last compile did."""
     state = _state(request)
     serving = {name: s.revision for name, s in state.watcher.states.items() if s.revision}
-    detail: dict[str, Any] = {"serving": serving}
+    detail: dict[str, Any] = {"serving": serving, "faults": dict(sorted(state.watcher.faults.items()))}
     if state.readiness is not None:
         detail.update(state.readiness())
     ready = bool(serving)
@@ -370,7 +450,14 @@ async def serve(
     _tune_garbage_collector()
     tls = _tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
     state: ServerState = app.state.nauthera
-    limits = HttpLimits(max_body=state.config.max_upload_bytes)
+    config = state.config
+    limits = HttpLimits(
+        max_body=config.max_upload_bytes,
+        idle_timeout=config.idle_timeout,
+        head_timeout=config.head_timeout,
+        body_timeout=config.body_timeout,
+        send_timeout=config.send_timeout,
+    )
     server = HttpServer(app, BUNDLES_PREFIX, state.answer_bundle, limits, on_stop=state.watcher.release_all)
     with listener:
         await server.serve(listener, tls)

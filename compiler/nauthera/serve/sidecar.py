@@ -9,7 +9,6 @@ detail.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from nauthera.compile.diagnostics import Level
 from nauthera.compile.loading import YAML_SUFFIXES
 from nauthera.compile.sources import Source, file_source, folder_sources
 from nauthera.errors import NautheraError
+from nauthera.serve.bundles import in_daemon_thread
 from nauthera.serve.server import ServerState
 from nauthera.store.base import BundleFacts
 from nauthera.targets.base import CompileOptions
@@ -106,9 +106,14 @@ class Sidecar:
         self.compiler = IncrementalCompiler(CompileOptions(paths=self.sources, out=Path(os.devnull)))
         self._lock = threading.Lock()
         self._compiled = False
+        #: Push mode's state (`OpaPusher.status`), shown in /readyz when there is one.
+        self.push_status: dict[str, Any] | None = None
 
     def readiness(self) -> dict[str, Any]:
-        return {"last_compile": asdict(self.status)}
+        detail: dict[str, Any] = {"last_compile": asdict(self.status)}
+        if self.push_status is not None:
+            detail["push"] = dict(self.push_status)
+        return detail
 
     def compile_and_publish(self, changed: Iterable[str] | None = None) -> CompileStatus:
         """Compile the sources (only what `changed` touched, when given); publish clean compiles."""
@@ -166,9 +171,11 @@ class Sidecar:
 
     def _failed(self, started: float, errors: list[str]) -> CompileStatus:
         self.state.metrics.compile_failures.inc()
-        self.status = CompileStatus(
-            False, self.state.store.channel_revision(self.channel), started, errors[:50]
-        )
+        try:
+            serving = self.state.store.channel_revision(self.channel)
+        except NautheraError:  # an unreadable pointer: the server keeps its last good revision
+            serving = self.status.revision
+        self.status = CompileStatus(False, serving, started, errors[:50])
         for error in errors[:20]:
             log.error("compile failed, still serving the last good revision: %s", error)
         return self.status
@@ -179,6 +186,6 @@ class Sidecar:
             watch_filter=_relevant,
             debounce=int(self.debounce * 1000),
             step=20,
-            rust_timeout=1000,
+            rust_timeout=250,
         ):
-            await asyncio.to_thread(self.compile_and_publish, {path for _, path in changes})
+            await in_daemon_thread(self.compile_and_publish, {path for _, path in changes})

@@ -35,7 +35,7 @@ from nauthera.targets.opa.bundle import (
 )
 from nauthera.targets.opa.signing import SIGNATURES_FILE, token_header
 
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 #: How many earlier revisions a channel remembers for `rollback`.
 HISTORY_LIMIT = 100
 #: A revision prefix must be at least this long to name a revision.
@@ -293,6 +293,22 @@ class BundleStore(ABC):
             raise StoreError(f"unknown revision {revision!r} in store {self.location}")
         return info
 
+    def verified_bundle(self, revision: str) -> bytes:
+        """The revision's bundle, checked against the sha256 and size its metadata records: what a server
+        may hand out. StoreError when the revision is missing, its metadata unreadable or it changed."""
+        info = self.info(revision)
+        try:
+            content = self.bundle_bytes(revision)
+        except OSError as error:
+            raise StoreError(
+                f"revision {revision}: cannot read its bundle: {error.strerror or error}"
+            ) from error
+        if info.revision != revision:
+            raise StoreError(f"revision {revision}: its metadata names {info.revision}")
+        if len(content) != info.size or hashlib.sha256(content).hexdigest() != info.digest:
+            raise StoreError(f"revision {revision}: bundle does not match its recorded sha256")
+        return content
+
     def revisions(self) -> list[RevisionInfo]:
         """Every stored revision, newest (highest sequence) first."""
         found = [info for info in self.read_infos(sorted(self.revision_names())) if info is not None]
@@ -482,15 +498,12 @@ class BundleStore(ABC):
         stored = set(self.revision_names())
         for name in sorted(stored):
             try:
-                info = self.info(name)
-                content = self.bundle_bytes(name)
-            except (StoreError, OSError) as error:
-                problems.append(f"revision {name}: {error}")
-                continue
-            if info.revision != name:
-                problems.append(f"revision {name}: metadata names {info.revision}")
-            if hashlib.sha256(content).hexdigest() != info.digest:
-                problems.append(f"revision {name}: bundle does not match its recorded sha256")
+                self.verified_bundle(name)
+            except StoreError as error:
+                message = str(error)
+                problems.append(
+                    message if message.startswith(f"revision {name}") else f"revision {name}: {message}"
+                )
         try:
             channels = self.channels()
         except StoreError as error:
