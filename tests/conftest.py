@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from nauthera.engines.tools import find_tool
 from nauthera.errors import ToolNotFoundError
 from nauthera.targets.base import CompileOptions
@@ -34,6 +35,13 @@ from .harness.reliability import Reliability
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 CRDS = REPO / "deploy" / "crds"
+#: How many AuthPolicy documents examples/policies holds.
+EXAMPLE_POLICIES = sum(
+    1
+    for path in (EXAMPLES / "policies").glob("*.yaml")
+    for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+    if doc and doc.get("kind") == "AuthPolicy"
+)
 ENGINES = ("opa", "regal", "gator", *controlplane.ENGINES, "gatekeeper", "registry")
 #: Start-up seconds of the session's long-running parts, printed at the end of the run.
 STARTUP_SECONDS: dict[str, float] = {}

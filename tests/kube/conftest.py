@@ -25,8 +25,6 @@ from ..harness.admission import denial_probe, route_admission
 from ..harness.controlplane import OPERATOR_USER, ControlPlane, ensure_namespaces
 from ..harness.operator import current, generated_client, list_objects
 
-EXAMPLE_NAMESPACES = ["team-a", "team-b", "team-labs", "team-payments", "team-sandbox", "other-team"]
-
 
 def example_policies() -> list[dict[str, Any]]:
     return [
@@ -44,10 +42,15 @@ def example_clients() -> list[dict[str, Any]]:
     ]
 
 
+#: The example clients' namespaces (the examples decide, not a list here).
+EXAMPLE_NAMESPACES = sorted({client["metadata"]["namespace"] for client in example_clients()})
+
+
 @pytest.fixture(scope="session")
 def open_cluster(cluster: ControlPlane) -> ControlPlane:
     """The cluster with the example namespaces and no AuthClient admission webhook."""
-    ensure_namespaces(cluster, [*EXAMPLE_NAMESPACES, "security", "nauthera-system"])
+    policy_namespaces = {policy["metadata"]["namespace"] for policy in example_policies()}
+    ensure_namespaces(cluster, [*EXAMPLE_NAMESPACES, *sorted(policy_namespaces), "nauthera-system"])
     probe = denial_probe(cluster, generated_client(0, ["other-team"]), None)
     route_admission(cluster, None, probe)
     return cluster

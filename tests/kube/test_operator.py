@@ -51,23 +51,25 @@ def operator(
     plane = open_cluster
     policies, clients = example_policies(), example_clients()
     clients += [generated_client(i, EXAMPLE_NAMESPACES) for i in range(GENERATED)]
-    plane.apply(policies)
-    plane.apply(clients)
-    work = tmp_path_factory.mktemp("operator")
-    running = start_operator(
-        plane,
-        work,
-        "operator",
-        "--leader-elect",
-        "--lease-namespace",
-        "nauthera-system",
-        tls=plane.ca.serving("operator"),
-    )
     try:
-        running.wait_synced()
-        yield running
-    finally:
-        running.stop()
+        plane.apply(policies)
+        plane.apply(clients)
+        work = tmp_path_factory.mktemp("operator")
+        running = start_operator(
+            plane,
+            work,
+            "operator",
+            "--leader-elect",
+            "--lease-namespace",
+            "nauthera-system",
+            tls=plane.ca.serving("operator"),
+        )
+        try:
+            running.wait_synced()
+            yield running
+        finally:
+            running.stop()
+    finally:  # also after a failed apply: the session's other tests share the cluster
         for plural, objects in (("authclients", clients), ("authpolicies", policies)):
             names = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects}
             for namespace in sorted({n for n, _ in names}):

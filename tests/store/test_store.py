@@ -24,6 +24,7 @@ from nauthera.store.folder import FolderStore
 from nauthera.targets.opa.bundle import RevisionError, read_bundle, write_tarball
 from nauthera.targets.opa.signing import sign_bundle
 
+from ..conftest import EXAMPLE_POLICIES
 from .conftest import Invoke, Keys, with_revision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ def test_publish_records_an_immutable_revision_with_metadata(example_bundle: Pat
         ).hexdigest()
         for pid, params in data["policies"].items()
     }
-    assert len(info.policies) == 7
+    assert len(info.policies) == EXAMPLE_POLICIES
     assert store.channels() == {"stable": "from-git"}
     assert store.bundle_path("from-git").read_bytes() == bundle.read_bytes()
     assert store.info("from-git") == info

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nauthera.store.folder import FolderStore
 
-from ..conftest import EXAMPLES
+from ..conftest import EXAMPLE_POLICIES, EXAMPLES
 from ..harness.cli import nauthera, read_only, write
 from .conftest import with_revision
 
@@ -103,7 +103,10 @@ def test_bundle_list_columns_line_up_with_several_channels(store: Path, tmp_path
         for row in lines[1:]:
             assert row[start - 1] == " " and row[start] != " ", f"{column} misaligned:\n" + "\n".join(lines)
     end = header.index("POLICIES") + len("POLICIES")
-    assert all(row[end - 1] == "7" and row[end] == " " for row in lines[1:]), "\n".join(lines)
+    count = str(EXAMPLE_POLICIES)  # right-aligned under its header
+    assert all(row[end - len(count) : end] == count and row[end] == " " for row in lines[1:]), "\n".join(
+        lines
+    )
 
 
 def test_a_short_prefix_names_the_four_character_minimum(store: Path, tmp_path: Path) -> None:
