@@ -68,15 +68,15 @@ class ServerConfig:
     max_agent_bytes: int = 128 * 1024 * 1024
     max_decision_events: int = 100_000
     #: Largest request body, and largest decompressed decision-log upload.
-    max_upload_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = HttpLimits.max_body
     #: Largest status report, compressed or not (OPA's are a few kilobytes).
     max_status_bytes: int = 1024 * 1024
     #: Deepest nesting of arrays and objects in a JSON body.
     max_json_depth: int = 64
-    head_timeout: float = 10.0
-    body_timeout: float = 60.0
-    idle_timeout: float = 75.0
-    send_timeout: float = 30.0
+    head_timeout: float = HttpLimits.head_timeout
+    body_timeout: float = HttpLimits.body_timeout
+    idle_timeout: float = HttpLimits.idle_timeout
+    send_timeout: float = HttpLimits.send_timeout
 
 
 class Metrics:
@@ -168,8 +168,9 @@ class ServerState:
 
     def _servable(self, revision: str) -> None:
         """Read and verify a revision a channel moves to (StoreError if it cannot be served); its bundle
-        is then in memory for the requests that follow."""
-        self.bundles.offer(revision, self.store.verified_bundle(revision))
+        is then in memory for the requests that follow. The watcher checks from a worker thread, and
+        the bundle caches belong to the event loop, so the offer is made there."""
+        on_loop(self.watcher.loop, self.bundles.offer, revision, self.store.verified_bundle(revision))
 
     def _fault(self, channel: str, problem: str) -> None:
         del channel, problem
